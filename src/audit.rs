@@ -1,0 +1,91 @@
+//! The audit log: one JSON line per run that changed something, appended to
+//! `<backup.dir>/audit.log` (0600). Values come from the redacted report, never from env files.
+
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::origin::Origin;
+use crate::output::{Report, Step};
+
+/// One line of the audit log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Entry {
+    /// When the run ended, RFC 3339 UTC.
+    pub time: String,
+    /// User.
+    pub user: String,
+    /// Host.
+    pub host: String,
+    /// Command line.
+    pub command: String,
+    /// The app.
+    pub app: Option<String>,
+    /// Incident taken or used.
+    pub incident: Option<String>,
+    /// Verdict word.
+    pub verdict: String,
+    /// Reason.
+    pub reason: Option<String>,
+    /// Exit code.
+    pub exit_code: i32,
+    /// Steps with their durations.
+    pub steps: Vec<Step>,
+}
+
+/// The audit log file in a backup dir.
+pub fn path(backup_dir: &Path) -> PathBuf {
+    backup_dir.join("audit.log")
+}
+
+/// Append the outcome of this run.
+pub fn append(backup_dir: &Path, origin: &Origin, report: &Report) -> Result<()> {
+    let entry = Entry {
+        time: crate::origin::now_rfc3339(),
+        user: origin.user.clone(),
+        host: origin.host.clone(),
+        command: origin.command.clone(),
+        app: report.app.clone(),
+        incident: report.incident.clone(),
+        verdict: report.verdict.clone(),
+        reason: report.reason.clone(),
+        exit_code: report.exit_code,
+        steps: report.steps.clone(),
+    };
+    let mut line = serde_json::to_vec(&entry)?;
+    line.push(b'\n');
+    let p = path(backup_dir);
+    let mut f = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(&p)
+        .with_context(|| format!("opening audit log {}", p.display()))?;
+    // One write(2) of a whole line in O_APPEND mode: concurrent writers cannot interleave it.
+    f.write_all(&line)
+        .with_context(|| format!("appending to audit log {}", p.display()))?;
+    f.sync_data()
+        .with_context(|| format!("syncing audit log {}", p.display()))
+}
+
+/// The newest `limit` entries, newest last; unreadable lines are skipped.
+pub fn read(backup_dir: &Path, limit: usize) -> Result<Vec<Entry>> {
+    let p = path(backup_dir);
+    let f = match std::fs::File::open(&p) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("opening audit log {}", p.display())),
+    };
+    let mut entries: Vec<Entry> = BufReader::new(f)
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|l| serde_json::from_str(&l).ok())
+        .collect();
+    let skip = entries.len().saturating_sub(limit);
+    entries.drain(..skip);
+    Ok(entries)
+}

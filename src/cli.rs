@@ -1,0 +1,137 @@
+//! The command-line interface: flags and subcommands, parsed by clap.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  failed (unhealthy, artifacts found by --check, a step failed)
+  2  usage or config error: nothing was changed
+  3  deploy failed and was rolled back: the previous version is verified healthy
+  4  deploy or rollback failed and the service is NOT verified healthy: a human must act
+  5  another guard run holds the lock for this app
+  130/143  stopped by SIGINT/SIGTERM (after a restart guard rolls back first)";
+
+/// Safe deploys for a PM2-run Node.js app: clean, back up, deploy, verify, roll back.
+#[derive(Debug, Parser)]
+#[command(name = "guard", version, after_help = EXIT_CODES, max_term_width = 100)]
+pub struct Cli {
+    /// Config file [default: ./guard.toml]
+    #[arg(long, global = true, env = "GUARD_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Print one JSON document describing the outcome on stdout
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// More log output on stderr (-vv for debug)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+
+    /// Only errors and the final result line
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Snapshot config, env, package.json, PM2's dump and the code revision into a new incident
+    Backup(BackupArgs),
+    /// Remove build artifacts (clean.paths, clean.globs) from the app dir
+    Clean(CleanArgs),
+    /// Clean, back up, run the deploy step, restart through PM2, verify, roll back on failure
+    Deploy(DeployArgs),
+    /// Show the app's PM2 state and its health endpoint
+    Health(HealthArgs),
+    /// Restore an incident, restart through PM2 and verify it healthy
+    Rollback(RollbackArgs),
+    /// List the incidents in backup.dir, newest first
+    List,
+    /// Show the audit log of runs that changed something
+    History(HistoryArgs),
+}
+
+/// Flags of `guard backup`.
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// Why this snapshot is taken (recorded in the manifest)
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+}
+
+/// Flags of `guard clean`.
+#[derive(Debug, Args)]
+pub struct CleanArgs {
+    /// List what would be removed, remove nothing
+    #[arg(long, conflicts_with = "check")]
+    pub dry_run: bool,
+    /// Remove nothing; exit 1 and list what was found if anything is there
+    #[arg(long)]
+    pub check: bool,
+}
+
+/// Flags of `guard deploy`.
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// On a failed verification leave things as they are (exit 4) instead of rolling back
+    #[arg(long)]
+    pub no_rollback: bool,
+    /// The deploy step to run instead of deploy.command (run in app.dir)
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+/// Flags of `guard health`.
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// Wait up to health.deadline for the app to become healthy and stay so for health.stable_for
+    #[arg(long)]
+    pub wait: bool,
+}
+
+/// Flags of `guard rollback`.
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// The incident to restore: an id like 20251222-110221 (or incident-20251222-110221), or `latest`
+    #[arg(long, value_name = "ID|latest")]
+    pub incident: String,
+}
+
+/// Flags of `guard history`.
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// How many of the newest entries to show
+    #[arg(long, short = 'n', default_value_t = 20)]
+    pub limit: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn deploy_takes_a_command_after_double_dash() {
+        let cli = Cli::try_parse_from(["guard", "deploy", "--", "git", "pull"]).unwrap();
+        match cli.command {
+            Command::Deploy(args) => assert_eq!(args.command, ["git", "pull"]),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn rollback_requires_an_incident() {
+        assert!(Cli::try_parse_from(["guard", "rollback"]).is_err());
+    }
+}

@@ -1,0 +1,61 @@
+//! Who and where this run is: host, user, pid, command line and start time, as recorded in
+//! manifests, the lock and the audit log.
+
+use serde::{Deserialize, Serialize};
+
+/// The identity of one guard run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Origin {
+    /// Process id.
+    pub pid: u32,
+    /// Host name.
+    pub host: String,
+    /// User name (or uid).
+    pub user: String,
+    /// Start time, RFC 3339 UTC.
+    pub started_at: String,
+    /// The command line.
+    pub command: String,
+}
+
+impl Origin {
+    /// This process.
+    pub fn current() -> Origin {
+        Origin {
+            pid: std::process::id(),
+            host: host(),
+            user: user(),
+            started_at: now_rfc3339(),
+            command: std::env::args().collect::<Vec<_>>().join(" "),
+        }
+    }
+}
+
+/// The host name.
+pub fn host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown-host".into())
+}
+
+/// The user name, from $USER or else the uid.
+pub fn user() -> String {
+    std::env::var("USER")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| {
+            // SAFETY: getuid has no preconditions and cannot fail.
+            let uid = unsafe { libc::getuid() };
+            format!("uid {uid}")
+        })
+}
+
+/// Now as RFC 3339 in UTC, to the millisecond.
+pub fn now_rfc3339() -> String {
+    jiff::Timestamp::now()
+        .round(jiff::Unit::Millisecond)
+        .unwrap_or_else(|_| jiff::Timestamp::now())
+        .to_string()
+}

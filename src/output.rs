@@ -1,0 +1,277 @@
+//! The one printer: human lines, a JSON document, or quiet; every text passes the redactor.
+
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::exit::ExitStatus;
+use crate::redact::Redactor;
+
+/// How results are shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// One line per step, for a person in an ssh session or a log.
+    Human,
+    /// One JSON document on stdout at the end.
+    Json,
+    /// Only the final line.
+    Quiet,
+}
+
+/// The state of a finished step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepState {
+    /// Done.
+    Ok,
+    /// Done, with something worth a look.
+    Warn,
+    /// Failed.
+    Failed,
+}
+
+/// One step of a command, as shown and as recorded in JSON and the audit log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Step {
+    /// Short name: clean, backup, deploy step, restart, verify, rollback...
+    pub name: String,
+    /// Outcome.
+    pub state: StepState,
+    /// One line saying what happened.
+    pub detail: String,
+    /// Wall time in milliseconds.
+    pub duration_ms: u64,
+}
+
+/// The outcome document of one command.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The subcommand.
+    pub command: String,
+    /// The PM2 app name, when the config was read.
+    pub app: Option<String>,
+    /// Steps in order.
+    pub steps: Vec<Step>,
+    /// The incident taken or used.
+    pub incident: Option<String>,
+    /// `success`, `failed`, `rolled back`...
+    pub verdict: String,
+    /// Why, in one line.
+    pub reason: Option<String>,
+    /// The process exit code.
+    pub exit_code: i32,
+    /// Command-specific data (health status, incident list...).
+    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
+    pub data: serde_json::Value,
+}
+
+/// Prints steps as they finish and the outcome once.
+#[derive(Debug)]
+pub struct Printer {
+    mode: Mode,
+    color: bool,
+    redactor: Redactor,
+    report: Report,
+}
+
+impl Printer {
+    /// A printer for `command`.
+    pub fn new(mode: Mode, command: &str) -> Printer {
+        let color = mode == Mode::Human
+            && std::io::stdout().is_terminal()
+            && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+        Printer {
+            mode,
+            color,
+            redactor: Redactor::default(),
+            report: Report {
+                command: command.to_string(),
+                app: None,
+                steps: Vec::new(),
+                incident: None,
+                verdict: String::new(),
+                reason: None,
+                exit_code: 0,
+                data: serde_json::Value::Null,
+            },
+        }
+    }
+
+    /// Mask these secrets in everything printed from now on.
+    pub fn set_redactor(&mut self, redactor: Redactor) {
+        self.redactor = redactor;
+    }
+
+    /// The redactor in force.
+    pub fn redactor(&self) -> &Redactor {
+        &self.redactor
+    }
+
+    /// Record the app name.
+    pub fn set_app(&mut self, app: &str) {
+        self.report.app = Some(app.to_string());
+    }
+
+    /// Record the incident this run took or used.
+    pub fn set_incident(&mut self, id: &str) {
+        self.report.incident = Some(id.to_string());
+    }
+
+    /// Attach command-specific data to the JSON document.
+    pub fn set_data(&mut self, data: serde_json::Value) {
+        self.report.data = data;
+    }
+
+    /// Record and show a finished step.
+    pub fn step(&mut self, name: &str, state: StepState, took: Duration, detail: impl AsRef<str>) {
+        let detail = self.redactor.redact(detail.as_ref());
+        if self.mode == Mode::Human {
+            let (word, color) = match state {
+                StepState::Ok => ("ok", "32"),
+                StepState::Warn => ("warn", "33"),
+                StepState::Failed => ("FAIL", "31"),
+            };
+            let word = self.paint(&format!("{word:<4}"), color);
+            out(&format!(
+                "{word}  {name:<12} {detail} ({})",
+                fmt_duration(took)
+            ));
+        }
+        self.report.steps.push(Step {
+            name: name.to_string(),
+            state,
+            detail,
+            duration_ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+        });
+    }
+
+    /// An indented line of detail under the last step (log tails, lists); human mode only.
+    pub fn detail(&self, line: impl AsRef<str>) {
+        if self.mode == Mode::Human {
+            out(&format!(
+                "      {}",
+                sanitize(&self.redactor.redact(line.as_ref()))
+            ));
+        }
+    }
+
+    /// A plain line on stdout in human mode (tables, status blocks).
+    pub fn line(&self, line: impl AsRef<str>) {
+        if self.mode == Mode::Human {
+            out(&sanitize(&self.redactor.redact(line.as_ref())));
+        }
+    }
+
+    /// Print the outcome and return the report for the audit log.
+    pub fn finish(&mut self, status: ExitStatus, summary: &str) -> Report {
+        let summary = self.redactor.redact(summary);
+        self.report.verdict = status.to_string();
+        self.report.exit_code = status.code();
+        if !summary.is_empty() {
+            self.report.reason = Some(summary.clone());
+        }
+        match self.mode {
+            Mode::Json => {
+                let doc = serde_json::to_string_pretty(&self.report)
+                    .unwrap_or_else(|e| format!("{{\"error\":\"serialising report: {e}\"}}"));
+                out(&doc);
+            }
+            Mode::Human | Mode::Quiet => {
+                if !summary.is_empty() {
+                    let color = if status == ExitStatus::Success {
+                        "32"
+                    } else {
+                        "31;1"
+                    };
+                    let head = self.paint(&format!("{}:", status), color);
+                    out(&format!("{head} {summary} (exit {})", status.code()));
+                }
+            }
+        }
+        self.report.clone()
+    }
+
+    /// The report as it stands.
+    pub fn report(&self) -> Report {
+        self.report.clone()
+    }
+
+    /// Print a value that scripts read as the last line of stdout (the incident id).
+    pub fn last_line(&self, value: &str) {
+        if self.mode != Mode::Json {
+            out(value);
+        }
+    }
+
+    /// Report an error that ended the command: `error:` and its causes on stderr, and the JSON document.
+    pub fn error(&mut self, err: &anyhow::Error, status: ExitStatus) {
+        let mut chain = err
+            .chain()
+            .map(|c| sanitize(&self.redactor.redact(&c.to_string())));
+        let first = chain.next().unwrap_or_default();
+        let mut text = format!("error: {first}");
+        for cause in chain {
+            text.push_str(&format!("\n  caused by: {cause}"));
+        }
+        let _ = writeln!(std::io::stderr(), "{text}");
+        if self.mode == Mode::Json {
+            self.report.verdict = status.to_string();
+            self.report.exit_code = status.code();
+            self.report.reason = Some(self.redactor.redact(&format!("{err:#}")));
+            let doc = serde_json::to_string_pretty(&self.report).unwrap_or_default();
+            out(&doc);
+        }
+    }
+
+    fn paint(&self, text: &str, code: &str) -> String {
+        if self.color {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_string()
+        }
+    }
+}
+
+/// Write a line to stdout; a closed stdout (ssh dropped) must never stop a deploy, so errors are ignored.
+fn out(line: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}");
+    let _ = stdout.flush();
+}
+
+/// Replace control characters so text from files and commands cannot drive the terminal.
+pub fn sanitize(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() && c != '\t' { '?' } else { c })
+        .collect()
+}
+
+/// `0.25s`, `12.3s`, `2m05s`.
+pub fn fmt_duration(d: Duration) -> String {
+    let secs = d.as_secs_f64();
+    if secs < 10.0 {
+        format!("{secs:.2}s")
+    } else if secs < 120.0 {
+        format!("{secs:.1}s")
+    } else {
+        format!("{}m{:02}s", d.as_secs() / 60, d.as_secs() % 60)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(fmt_duration(Duration::from_millis(250)), "0.25s");
+        assert_eq!(fmt_duration(Duration::from_millis(12_340)), "12.3s");
+        assert_eq!(fmt_duration(Duration::from_secs(125)), "2m05s");
+    }
+
+    #[test]
+    fn control_characters_are_neutralised() {
+        assert_eq!(sanitize("a\x1b[31mb\tc"), "a?[31mb\tc");
+    }
+}

@@ -1,0 +1,263 @@
+//! The PM2 adapter: every pm2 CLI call goes through here, with PM2_HOME set and the exact
+//! command line in any error.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+use tokio::process::Command;
+
+use crate::exec;
+use crate::exit::usage;
+use crate::settings::Settings;
+
+const CALL_LIMIT: Duration = Duration::from_secs(60);
+
+/// One PM2 process (one instance of an app), as `pm2 jlist` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Instance {
+    /// PM2 process name.
+    pub name: String,
+    /// PM2 id.
+    pub pm_id: u32,
+    /// OS pid, None when not running.
+    pub pid: Option<u32>,
+    /// online, errored, stopped, launching...
+    pub status: String,
+    /// PM2's restart counter.
+    pub restarts: u64,
+    /// Restarts that happened before min_uptime.
+    pub unstable_restarts: u64,
+    /// When the current process started (ms since the epoch).
+    pub started_at_ms: Option<i64>,
+    /// Where PM2 keeps this instance's pid file.
+    #[serde(skip)]
+    pub pid_path: Option<PathBuf>,
+    /// stdout log file.
+    #[serde(skip)]
+    pub out_log: Option<PathBuf>,
+    /// stderr log file.
+    #[serde(skip)]
+    pub err_log: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+struct RawProc {
+    name: String,
+    pm_id: u32,
+    #[serde(default)]
+    pid: Option<u32>,
+    pm2_env: RawEnv,
+}
+
+// Only the fields guard needs: pm2_env also carries the app's whole environment, secrets
+// included, and none of it may be kept.
+#[derive(Deserialize)]
+struct RawEnv {
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    restart_time: u64,
+    #[serde(default)]
+    unstable_restarts: u64,
+    #[serde(default)]
+    pm_uptime: Option<i64>,
+    #[serde(default)]
+    pm_pid_path: Option<PathBuf>,
+    #[serde(default)]
+    pm_out_log_path: Option<PathBuf>,
+    #[serde(default)]
+    pm_err_log_path: Option<PathBuf>,
+}
+
+/// Parse `pm2 jlist` output; PM2 may print notices (e.g. "Spawning PM2 daemon") before the JSON.
+pub fn parse_jlist(stdout: &str) -> Result<Vec<Instance>> {
+    let json = stdout
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('['))
+        .context("no JSON list in the output")?;
+    let raw: Vec<RawProc> = serde_json::from_str(json).context("unexpected JSON from pm2 jlist")?;
+    Ok(raw
+        .into_iter()
+        .map(|p| Instance {
+            name: p.name,
+            pm_id: p.pm_id,
+            pid: p.pid.filter(|&pid| pid > 0),
+            status: p.pm2_env.status,
+            restarts: p.pm2_env.restart_time,
+            unstable_restarts: p.pm2_env.unstable_restarts,
+            started_at_ms: p.pm2_env.pm_uptime,
+            pid_path: p.pm2_env.pm_pid_path,
+            out_log: p.pm2_env.pm_out_log_path,
+            err_log: p.pm2_env.pm_err_log_path,
+        })
+        .collect())
+}
+
+/// A handle on one PM2 daemon (one PM2_HOME) and one app.
+#[derive(Debug, Clone)]
+pub struct Pm2 {
+    bin: PathBuf,
+    home: PathBuf,
+    app_dir: PathBuf,
+    name: String,
+}
+
+impl Pm2 {
+    /// The PM2 of these settings; fails with a usage error (nothing changed) if pm2 cannot be found.
+    pub fn new(settings: &Settings) -> Result<Pm2> {
+        let bin = find_program(&settings.pm2.bin).ok_or_else(|| {
+            usage(format!(
+                "pm2 not found: {} is not an executable{} (set pm2.bin in {})",
+                settings.pm2.bin.display(),
+                if settings.pm2.bin.components().count() > 1 {
+                    ""
+                } else {
+                    " on PATH"
+                },
+                settings.config_path.display()
+            ))
+        })?;
+        Ok(Pm2 {
+            bin,
+            home: settings.pm2.home.clone(),
+            app_dir: settings.app.dir.clone(),
+            name: settings.app.name.clone(),
+        })
+    }
+
+    /// The app's PM2 name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// PM2_HOME.
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+
+    /// Whether the PM2 daemon of this PM2_HOME is running (without starting it, as any pm2 call would).
+    pub fn daemon_running(&self) -> bool {
+        std::fs::read_to_string(self.home.join("pm2.pid"))
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+            .is_some_and(pid_alive)
+    }
+
+    async fn call(&self, args: &[&str]) -> Result<exec::Output> {
+        let shown = exec::display(&self.bin.to_string_lossy(), args);
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(args)
+            .env("PM2_HOME", &self.home)
+            .current_dir(&self.app_dir);
+        tracing::debug!(command = %shown, "pm2");
+        exec::run_ok(
+            cmd,
+            &format!("PM2_HOME={} {shown}", self.home.display()),
+            CALL_LIMIT,
+        )
+        .await
+    }
+
+    /// Every process PM2 knows.
+    pub async fn jlist(&self) -> Result<Vec<Instance>> {
+        let out = self.call(&["jlist"]).await?;
+        parse_jlist(&out.stdout)
+            .with_context(|| format!("reading `pm2 jlist` (PM2_HOME={})", self.home.display()))
+    }
+
+    /// The instances of this app, by pm_id.
+    pub async fn instances(&self) -> Result<Vec<Instance>> {
+        let mut list: Vec<Instance> = self
+            .jlist()
+            .await?
+            .into_iter()
+            .filter(|p| p.name == self.name)
+            .collect();
+        list.sort_by_key(|p| p.pm_id);
+        Ok(list)
+    }
+
+    /// Remove the app from PM2 (stopping it); a no-op when PM2 does not know it.
+    pub async fn delete(&self) -> Result<()> {
+        if self.instances().await?.is_empty() {
+            return Ok(());
+        }
+        self.call(&["delete", &self.name]).await.map(drop)
+    }
+
+    /// Start the app from its ecosystem file, so every ecosystem and env value takes effect.
+    pub async fn start(&self, ecosystem: &Path) -> Result<()> {
+        let eco = ecosystem.to_string_lossy();
+        self.call(&["start", &eco, "--only", &self.name])
+            .await
+            .map(drop)
+    }
+
+    /// Delete and start: the one restart that picks up changed ecosystem, env and script values.
+    pub async fn restart(&self, ecosystem: &Path) -> Result<()> {
+        self.delete().await?;
+        self.start(ecosystem).await
+    }
+
+    /// `pm2 save`: make PM2's dump (what comes back after a reboot) match what runs.
+    pub async fn save(&self) -> Result<()> {
+        self.call(&["save", "--force"]).await.map(drop)
+    }
+}
+
+/// Whether a process with this pid exists.
+pub fn pid_alive(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: kill(2) with signal 0 only checks for existence and permission.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Resolve a program name on PATH, or check a path, as a shell would.
+pub fn find_program(bin: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if bin.components().count() > 1 {
+        return executable(bin).then(|| bin.to_path_buf());
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(bin))
+        .find(|p| executable(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jlist_with_a_notice_before_it_parses_and_drops_env() {
+        let out = "[PM2] Spawning PM2 daemon\n[{\"pid\":42,\"name\":\"api\",\"pm_id\":0,\"monit\":{\"memory\":1},\"pm2_env\":{\"status\":\"online\",\"restart_time\":2,\"unstable_restarts\":1,\"pm_uptime\":5,\"SECRET\":\"s3cr3t\",\"pm_pid_path\":\"/p/api-0.pid\"}}]\n";
+        let list = parse_jlist(out).unwrap();
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].pid, Some(42));
+        assert_eq!(list[0].restarts, 2);
+        assert_eq!(list[0].status, "online");
+        assert!(!format!("{list:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn stopped_process_has_no_pid() {
+        let out = "[{\"pid\":0,\"name\":\"api\",\"pm_id\":3,\"pm2_env\":{\"status\":\"errored\"}}]";
+        assert_eq!(parse_jlist(out).unwrap()[0].pid, None);
+        assert!(parse_jlist("garbage").is_err());
+    }
+
+    #[test]
+    fn own_pid_is_alive() {
+        assert!(pid_alive(std::process::id() as i32));
+        assert!(!pid_alive(0));
+    }
+}

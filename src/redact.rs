@@ -1,0 +1,126 @@
+//! Secret values from env files, and the one place they are masked out of any text guard shows.
+
+use std::fmt;
+use std::path::Path;
+
+/// Values that must never be printed: every non-trivial value of the backed-up env files.
+#[derive(Clone, Default)]
+pub struct Redactor {
+    secrets: Vec<String>,
+}
+
+impl fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Redactor({} values, redacted)", self.secrets.len())
+    }
+}
+
+/// Whether a backed-up file is an env file whose values are secrets: `.env`, `.env.*`, `*.env`, `env.*`.
+pub fn is_env_file(path: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    name == ".env"
+        || name.starts_with(".env.")
+        || name.ends_with(".env")
+        || name.starts_with("env.")
+}
+
+impl Redactor {
+    /// A redactor for the env files among `files` (paths relative to `dir`); unreadable files are skipped.
+    pub fn from_env_files(dir: &Path, files: &[impl AsRef<Path>]) -> Redactor {
+        let mut r = Redactor::default();
+        for f in files {
+            let f = f.as_ref();
+            if is_env_file(f)
+                && let Ok(text) = std::fs::read_to_string(dir.join(f))
+            {
+                r.add_env_text(&text);
+            }
+        }
+        r
+    }
+
+    /// Learn the values of `KEY=VALUE` lines.
+    pub fn add_env_text(&mut self, text: &str) {
+        for line in text.lines() {
+            let line = line.trim();
+            let line = line.strip_prefix("export ").unwrap_or(line);
+            if line.starts_with('#') {
+                continue;
+            }
+            let Some((_, value)) = line.split_once('=') else {
+                continue;
+            };
+            let value = value.trim();
+            let value = value
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .or_else(|| value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
+                .unwrap_or(value);
+            if is_secret_like(value) && !self.secrets.iter().any(|s| s == value) {
+                self.secrets.push(value.to_string());
+            }
+        }
+        // Longest first, so a secret that contains another is masked whole.
+        self.secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    }
+
+    /// `text` with every secret value replaced by `***`.
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for s in &self.secrets {
+            if out.contains(s.as_str()) {
+                out = out.replace(s.as_str(), "***");
+            }
+        }
+        out
+    }
+}
+
+/// Values too short or too common to be secrets are left alone, so a port or `true`
+/// does not turn every number and word in the output into `***`.
+fn is_secret_like(value: &str) -> bool {
+    if value.len() < 4 {
+        return false;
+    }
+    if matches!(
+        value.to_ascii_lowercase().as_str(),
+        "true" | "false" | "yes" | "no" | "null" | "none" | "production" | "development" | "test"
+    ) {
+        return false;
+    }
+    !(value.len() <= 5 && value.bytes().all(|b| b.is_ascii_digit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_values_but_not_trivial_ones() {
+        let mut r = Redactor::default();
+        r.add_env_text(
+            "# comment\nSENTRY_DSN=\"https://abc123@sentry.example/1\"\nexport DB_PASSWORD='hunter22'\nPORT=3000\nSENTRY_ENABLED=true\nEMPTY=\n",
+        );
+        let out = r.redact("dsn https://abc123@sentry.example/1 pw hunter22 port 3000 true");
+        assert_eq!(out, "dsn *** pw *** port 3000 true");
+        assert!(!format!("{r:?}").contains("hunter22"));
+    }
+
+    #[test]
+    fn recognises_env_file_names() {
+        for yes in [
+            "env.env",
+            ".env",
+            ".env.production",
+            "prod.env",
+            "config/app.env",
+        ] {
+            assert!(is_env_file(Path::new(yes)), "{yes}");
+        }
+        for no in ["package.json", "ecosystem.config.js", "environment.ts"] {
+            assert!(!is_env_file(Path::new(no)), "{no}");
+        }
+    }
+}

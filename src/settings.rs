@@ -1,0 +1,468 @@
+//! guard.toml, CLI flags and the environment, resolved into one validated `Settings`.
+//!
+//! Commands never read the TOML again: every path here is absolute and every duration
+//! parsed, so a bad config fails before anything is touched.
+
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+
+use crate::exit::usage;
+
+/// Everything a command needs to know about the app, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The config file these settings came from.
+    pub config_path: PathBuf,
+    /// The app under PM2.
+    pub app: App,
+    /// Where incidents go and what they hold.
+    pub backup: Backup,
+    /// What counts as a build artifact.
+    pub clean: Clean,
+    /// The default deploy step.
+    pub deploy_command: Option<String>,
+    /// How health is probed and judged.
+    pub health: Health,
+    /// How PM2 is reached.
+    pub pm2: Pm2,
+}
+
+/// `[app]`
+#[derive(Debug, Clone)]
+pub struct App {
+    /// The PM2 process name.
+    pub name: String,
+    /// The app's folder (absolute).
+    pub dir: PathBuf,
+    /// The ecosystem file (absolute).
+    pub ecosystem: PathBuf,
+}
+
+/// `[backup]`
+#[derive(Debug, Clone)]
+pub struct Backup {
+    /// The folder that holds incidents, the lock and the audit log (absolute).
+    pub dir: PathBuf,
+    /// Files to snapshot, relative to the app dir.
+    pub files: Vec<PathBuf>,
+    /// How many incidents retention keeps.
+    pub keep: usize,
+}
+
+/// `[clean]`
+#[derive(Debug, Clone)]
+pub struct Clean {
+    /// Files or folders relative to the app dir.
+    pub paths: Vec<PathBuf>,
+    /// File name globs matched in the app dir itself (not recursive).
+    pub globs: Vec<glob::Pattern>,
+}
+
+/// `[health]`
+#[derive(Debug, Clone)]
+pub struct Health {
+    /// The URL probed.
+    pub url: reqwest::Url,
+    /// Limit for one probe.
+    pub timeout: Duration,
+    /// Limit for the first passing probe.
+    pub deadline: Duration,
+    /// How long the app must then stay healthy.
+    pub stable_for: Duration,
+    /// Time between probes.
+    pub interval: Duration,
+    /// Text the body must contain, if set.
+    pub expect_body: Option<String>,
+}
+
+/// `[pm2]`
+#[derive(Debug, Clone)]
+pub struct Pm2 {
+    /// The pm2 executable: a name looked up on PATH or a path.
+    pub bin: PathBuf,
+    /// PM2_HOME.
+    pub home: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    app: RawApp,
+    #[serde(default)]
+    backup: RawBackup,
+    #[serde(default)]
+    clean: RawClean,
+    #[serde(default)]
+    deploy: RawDeploy,
+    health: RawHealth,
+    #[serde(default)]
+    pm2: RawPm2,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApp {
+    name: String,
+    dir: PathBuf,
+    #[serde(default = "default_ecosystem")]
+    ecosystem: PathBuf,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackup {
+    dir: Option<PathBuf>,
+    files: Option<Vec<PathBuf>>,
+    keep: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClean {
+    #[serde(default = "default_clean_paths")]
+    paths: Vec<PathBuf>,
+    #[serde(default = "default_clean_globs")]
+    globs: Vec<String>,
+}
+
+impl Default for RawClean {
+    fn default() -> Self {
+        RawClean {
+            paths: default_clean_paths(),
+            globs: default_clean_globs(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDeploy {
+    command: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    url: String,
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    timeout: Duration,
+    #[serde(default = "default_deadline", with = "humantime_serde")]
+    deadline: Duration,
+    #[serde(default = "default_stable_for", with = "humantime_serde")]
+    stable_for: Duration,
+    #[serde(default = "default_interval", with = "humantime_serde")]
+    interval: Duration,
+    expect_body: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPm2 {
+    bin: Option<PathBuf>,
+    home: Option<PathBuf>,
+}
+
+fn default_ecosystem() -> PathBuf {
+    "ecosystem.config.js".into()
+}
+fn default_clean_paths() -> Vec<PathBuf> {
+    vec!["dist".into()]
+}
+fn default_clean_globs() -> Vec<String> {
+    vec!["*.tar.gz".into()]
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_deadline() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_stable_for() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_interval() -> Duration {
+    Duration::from_millis(250)
+}
+
+/// Default number of incidents kept by retention.
+pub const DEFAULT_KEEP: usize = 20;
+
+impl Settings {
+    /// Load and validate the config: `--config`, else `$GUARD_CONFIG` (clap fills both), else ./guard.toml.
+    pub fn load(config: Option<&Path>) -> Result<Settings> {
+        let path = match config {
+            Some(p) => p.to_path_buf(),
+            None => PathBuf::from("guard.toml"),
+        };
+        let path = std::path::absolute(&path)
+            .with_context(|| format!("resolving config path {}", path.display()))?;
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            usage(format!(
+                "cannot read config {}: {e} (pass --config FILE or set GUARD_CONFIG)",
+                path.display()
+            ))
+        })?;
+        Settings::parse(&text, &path)
+    }
+
+    /// Parse config text as if it were read from `path`.
+    pub fn parse(text: &str, path: &Path) -> Result<Settings> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            usage(format!(
+                "invalid config {}: {}",
+                path.display(),
+                e.to_string().trim_end()
+            ))
+        })?;
+        let base = path.parent().unwrap_or(Path::new("/"));
+        resolve(raw, base, path)
+            .map_err(|e| usage(format!("invalid config {}: {e}", path.display())))
+    }
+}
+
+fn resolve(raw: RawConfig, base: &Path, path: &Path) -> std::result::Result<Settings, String> {
+    let name = raw.app.name.trim().to_string();
+    if name.is_empty() || name != raw.app.name {
+        return Err(
+            "app.name must be a non-empty PM2 process name without surrounding spaces".into(),
+        );
+    }
+    if name.contains(['/', '\\', '\0']) || name == "." || name == ".." {
+        return Err(format!(
+            "app.name {name:?} must not contain a path separator"
+        ));
+    }
+    let dir = absolute_from(base, &raw.app.dir);
+    if !dir.is_dir() {
+        return Err(format!("app.dir {} is not a folder", dir.display()));
+    }
+    let ecosystem = dir.join(relative_path("app.ecosystem", &raw.app.ecosystem)?);
+
+    let backup_dir = match raw.backup.dir {
+        Some(d) => absolute_from(base, &d),
+        None => home_dir()
+            .ok_or("backup.dir is not set and $HOME is unknown")?
+            .join("guard-backups")
+            .join(&name),
+    };
+    if backup_dir.starts_with(&dir) {
+        return Err(format!(
+            "backup.dir {} is inside app.dir: a `git reset` or clean of the app must never reach the backups",
+            backup_dir.display()
+        ));
+    }
+    let files = match raw.backup.files {
+        Some(files) => files,
+        None => vec![raw.app.ecosystem.clone(), "package.json".into()],
+    };
+    let files = files
+        .iter()
+        .map(|f| relative_path("backup.files", f))
+        .collect::<Result<Vec<_>, _>>()?;
+    let keep = raw.backup.keep.unwrap_or(DEFAULT_KEEP);
+    if keep == 0 {
+        return Err("backup.keep must be at least 1".into());
+    }
+
+    let paths = raw
+        .clean
+        .paths
+        .iter()
+        .map(|p| relative_path("clean.paths", p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let globs = raw
+        .clean
+        .globs
+        .iter()
+        .map(|g| {
+            if g.contains('/') {
+                return Err(format!(
+                    "clean.globs entry {g:?} must be a file name pattern without '/'"
+                ));
+            }
+            glob::Pattern::new(g).map_err(|e| format!("clean.globs entry {g:?}: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let url = reqwest::Url::parse(&raw.health.url)
+        .map_err(|e| format!("health.url {:?}: {e}", raw.health.url))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("health.url {url} must be http:// or https://"));
+    }
+    let h = &raw.health;
+    for (key, value) in [
+        ("health.timeout", h.timeout),
+        ("health.deadline", h.deadline),
+        ("health.interval", h.interval),
+    ] {
+        if value.is_zero() {
+            return Err(format!("{key} must be greater than zero"));
+        }
+    }
+    if h.interval < Duration::from_millis(50) {
+        return Err("health.interval must be at least 50ms".into());
+    }
+
+    let pm2_bin = match raw.pm2.bin {
+        Some(b) if b.components().count() > 1 => absolute_from(base, &b),
+        Some(b) => b,
+        None => "pm2".into(),
+    };
+    let pm2_home = match raw.pm2.home {
+        Some(h) => absolute_from(base, &h),
+        None => match std::env::var_os("PM2_HOME") {
+            Some(h) if !h.is_empty() => absolute_from(base, Path::new(&h)),
+            _ => home_dir()
+                .ok_or("pm2.home is not set and neither $PM2_HOME nor $HOME is")?
+                .join(".pm2"),
+        },
+    };
+
+    Ok(Settings {
+        config_path: path.to_path_buf(),
+        app: App {
+            name,
+            dir,
+            ecosystem,
+        },
+        backup: Backup {
+            dir: backup_dir,
+            files,
+            keep,
+        },
+        clean: Clean { paths, globs },
+        deploy_command: raw.deploy.command.filter(|c| !c.trim().is_empty()),
+        health: Health {
+            url,
+            timeout: h.timeout,
+            deadline: h.deadline,
+            stable_for: h.stable_for,
+            interval: h.interval,
+            expect_body: h.expect_body.clone(),
+        },
+        pm2: Pm2 {
+            bin: pm2_bin,
+            home: pm2_home,
+        },
+    })
+}
+
+fn home_dir() -> Option<PathBuf> {
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+}
+
+fn absolute_from(base: &Path, p: &Path) -> PathBuf {
+    let joined = base.join(p);
+    // Lexical normalisation only: the folder may not exist yet (backup.dir).
+    let mut out = PathBuf::new();
+    for c in joined.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// Check that `p` stays inside the folder it is relative to: no root, no `..`.
+pub fn relative_path(key: &str, p: &Path) -> std::result::Result<PathBuf, String> {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::Normal(part) => out.push(part),
+            Component::CurDir => {}
+            _ => {
+                return Err(format!(
+                    "{key} entry {} must be a relative path inside app.dir (no leading '/', no '..')",
+                    p.display()
+                ));
+            }
+        }
+    }
+    if out.as_os_str().is_empty() {
+        return Err(format!(
+            "{key} entry {:?} is empty",
+            p.display().to_string()
+        ));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Settings> {
+        let dir = std::env::temp_dir();
+        Settings::parse(text, &dir.join("guard.toml"))
+    }
+
+    const MINIMAL: &str =
+        "[app]\nname = \"api\"\ndir = \".\"\n[health]\nurl = \"http://127.0.0.1:3000/health\"\n";
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let s = parse(MINIMAL).unwrap();
+        assert_eq!(s.app.name, "api");
+        assert_eq!(s.health.timeout, Duration::from_secs(2));
+        assert_eq!(s.health.deadline, Duration::from_secs(60));
+        assert_eq!(s.health.stable_for, Duration::from_secs(10));
+        assert_eq!(s.health.interval, Duration::from_millis(250));
+        assert_eq!(s.backup.keep, DEFAULT_KEEP);
+        assert_eq!(s.clean.paths, [PathBuf::from("dist")]);
+        assert!(s.app.ecosystem.is_absolute());
+        assert!(s.app.ecosystem.ends_with("ecosystem.config.js"));
+    }
+
+    #[test]
+    fn unknown_key_is_a_usage_error_naming_the_line() {
+        let err = parse(&format!("{MINIMAL}colour = \"red\"\n")).unwrap_err();
+        assert_eq!(crate::exit::status_of(&err), crate::exit::ExitStatus::Usage);
+        let msg = format!("{err:#}");
+        assert!(msg.contains("line 6"), "{msg}");
+        assert!(msg.contains("colour"), "{msg}");
+    }
+
+    #[test]
+    fn paths_may_not_escape_the_app_dir() {
+        for bad in ["\"../x\"", "\"/etc\"", "\"a/../../b\""] {
+            let text = format!("{MINIMAL}[clean]\npaths = [{bad}]\n");
+            assert!(parse(&text).is_err(), "{bad} was accepted");
+        }
+    }
+
+    #[test]
+    fn durations_parse_in_human_form() {
+        let s = parse(&MINIMAL.replace(
+            "[health]\n",
+            "[health]\ntimeout = \"1s 500ms\"\nstable_for = \"0s\"\n",
+        ))
+        .unwrap();
+        assert_eq!(s.health.timeout, Duration::from_millis(1500));
+        assert!(s.health.stable_for.is_zero());
+        assert!(parse(&MINIMAL.replace("[health]\n", "[health]\ntimeout = \"soon\"\n")).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,200}") {
+            let _ = parse(&text);
+        }
+
+        #[test]
+        fn arbitrary_values_never_panic(name in "\\PC{0,20}", url in "\\PC{0,40}", dur in "\\PC{0,10}") {
+            let text = format!(
+                "[app]\nname = {name:?}\ndir = \".\"\n[health]\nurl = {url:?}\ntimeout = {dur:?}\n"
+            );
+            let _ = parse(&text);
+        }
+    }
+}
