@@ -1,0 +1,147 @@
+//! `guard backup`, `guard rollback`, `guard list` and `guard history`.
+
+use std::os::unix::fs::PermissionsExt;
+
+use crate::support::{App, SECRET_DSN};
+
+#[test]
+fn backup_snapshots_files_dump_commit_and_uncommitted_changes() {
+    let app = App::new();
+    app.start_v1();
+    // An operator's hot fix, not committed: the backup must keep it.
+    std::fs::write(app.dir.join("package.json"), app.read("package.json").replace("1.0.0", "1.0.1-hotfix")).unwrap();
+    let run = app.guard(&["backup", "--reason", "before maintenance"]);
+    run.expect(0);
+    let id = run.stdout.lines().last().unwrap().to_string();
+    assert_eq!(app.incidents().last(), Some(&id), "the id is the last line of stdout");
+    let dir = app.incident_dir(&id);
+    for f in ["files/ecosystem.config.js", "files/env.env", "files/package.json", "pm2/dump.pm2", "git/uncommitted.patch"] {
+        assert!(dir.join(f).is_file(), "{f} missing");
+    }
+    let patch = std::fs::read_to_string(dir.join("git/uncommitted.patch")).unwrap();
+    assert!(patch.contains("1.0.1-hotfix"));
+    let manifest = std::fs::read_to_string(dir.join("manifest.json")).unwrap();
+    assert!(manifest.contains("before maintenance") && manifest.contains("\"kind\": \"manual\""));
+    assert!(!manifest.contains(SECRET_DSN), "the manifest holds no env values");
+    // Secrets are stored for root only.
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&app.backups), 0o700);
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&dir.join("files/env.env")), 0o600);
+}
+
+#[test]
+fn rollback_brings_an_older_release_back_and_can_itself_be_undone() {
+    let app = App::new();
+    app.start_v1();
+    let v1_head = app.head();
+    app.release("v2", "good");
+    app.guard(&["deploy"]).expect(0);
+    let v2_head = app.head();
+    assert_eq!(app.version().as_deref(), Some("v2"));
+    // The incident taken before the v2 deploy holds the running v1.
+    let before_v2 = app.incidents().last().unwrap().clone();
+
+    let run = app.guard(&["rollback", "--incident", &format!("incident-{before_v2}")]);
+    run.expect(0);
+    assert_eq!(app.version().as_deref(), Some("v1"));
+    assert_eq!(app.head(), v1_head);
+    assert!(run.stdout.contains("code "), "says what code moved: {}", run.stdout);
+    let dump = std::fs::read_to_string(app.pm2_home.join("dump.pm2")).unwrap();
+    assert!(dump.contains("demo-backend"));
+
+    // The rollback snapshotted the v2 state first: rolling back to that undoes the rollback.
+    let undo = app.incidents().last().unwrap().clone();
+    assert_ne!(undo, before_v2);
+    let manifest = std::fs::read_to_string(app.incident_dir(&undo).join("manifest.json")).unwrap();
+    assert!(manifest.contains("pre-rollback"));
+    app.guard(&["rollback", "--incident", &undo]).expect(0);
+    assert_eq!(app.version().as_deref(), Some("v2"));
+    assert_eq!(app.head(), v2_head);
+}
+
+#[test]
+fn rollback_restores_an_uncommitted_hot_fix() {
+    let app = App::new();
+    app.start_v1();
+    let hot = app.read("server.js").replace("status: 'ok'", "status: 'ok', hotfix: true");
+    std::fs::write(app.dir.join("server.js"), &hot).unwrap();
+    app.release("v2", "good");
+    // git pull --ff-only refuses to overwrite? It does not touch server.js, so it succeeds.
+    app.guard(&["deploy"]).expect(0);
+    let before = app.incidents().last().unwrap().clone();
+    app.guard(&["rollback", "--incident", &before]).expect(0);
+    assert_eq!(app.read("server.js"), hot, "the hot fix is back");
+    let (_, body) = crate::support::http_get(app.port, "/health").unwrap();
+    assert!(body.contains("hotfix"), "{body}");
+}
+
+#[test]
+fn latest_skips_pre_rollback_snapshots_and_says_which_it_picked() {
+    let app = App::new();
+    app.start_v1();
+    app.release("v2", "good");
+    app.guard(&["deploy"]).expect(0);
+    let before_v2 = app.incidents().last().unwrap().clone();
+    let run = app.guard(&["rollback", "--incident", "latest"]);
+    run.expect(0);
+    assert!(run.stdout.contains(&before_v2), "{}", run.stdout);
+    assert_eq!(app.version().as_deref(), Some("v1"));
+    // The newest incident is now the pre-rollback snapshot of v2; latest still means before_v2.
+    let run = app.guard(&["rollback", "--incident", "latest"]);
+    run.expect(0);
+    assert!(run.stdout.contains(&format!("incident {before_v2}")), "{}", run.stdout);
+    assert_eq!(app.version().as_deref(), Some("v1"));
+}
+
+#[test]
+fn list_and_history_show_incidents_and_runs_without_secrets() {
+    let app = App::new();
+    app.start_v1();
+    app.release("v2", "crash-at-start");
+    app.guard(&["deploy"]).expect(3);
+    let list = app.guard(&["--json", "list"]);
+    list.expect(0);
+    let doc = list.json();
+    let rows = doc["data"]["incidents"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["kind"], "pre-deploy");
+    assert_eq!(rows[0]["outcome"]["exit_code"], 3);
+    let history = app.guard(&["history"]);
+    history.expect(0);
+    assert!(history.stdout.contains("exit 3"), "{}", history.stdout);
+    let audit = std::fs::read_to_string(app.backups.join("audit.log")).unwrap();
+    assert_eq!(audit.lines().count(), 2);
+    assert!(!audit.contains(SECRET_DSN) && !audit.contains("hunter2"));
+    let mode = std::fs::metadata(app.backups.join("audit.log")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+}
+
+#[test]
+fn retention_keeps_the_newest_and_never_young_or_known_good_incidents() {
+    let app = App::new();
+    app.write_config("");
+    let cfg = std::fs::read_to_string(&app.config).unwrap().replace("[backup]\n", "[backup]\nkeep = 2\n");
+    std::fs::write(&app.config, cfg).unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let run = app.guard(&["backup"]);
+        run.expect(0);
+        ids.push(run.stdout.lines().last().unwrap().to_string());
+    }
+    assert_eq!(app.incidents().len(), 4, "incidents younger than an hour are never pruned");
+    // Age the first three by two hours (the manifest is not covered by the file hashes).
+    for id in &ids[..3] {
+        let p = app.incident_dir(id).join("manifest.json");
+        let text = std::fs::read_to_string(&p).unwrap();
+        let created = serde_json::from_str::<serde_json::Value>(&text).unwrap()["created_at"].as_str().unwrap().to_string();
+        let old: jiff::Timestamp = created.parse::<jiff::Timestamp>().unwrap() - jiff::SignedDuration::from_hours(2);
+        std::fs::write(&p, text.replace(&created, &old.to_string())).unwrap();
+    }
+    let run = app.guard(&["backup"]);
+    run.expect(0);
+    let newest = run.stdout.lines().last().unwrap().to_string();
+    let left = app.incidents();
+    // keep = 2: the new one and ids[3] stay; ids[0..3] are old and beyond keep.
+    assert_eq!(left, vec![ids[3].clone(), newest], "{}", run.stdout);
+}

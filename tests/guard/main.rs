@@ -1,0 +1,11 @@
+//! guard's integration tests: the built binary against the demo app under a real PM2 daemon,
+//! real git and real HTTP on 127.0.0.1. See support.rs for the harness.
+
+mod support;
+
+mod backup_rollback;
+mod clean;
+mod deploy;
+mod faults;
+mod inputs;
+mod verification;
