@@ -42,6 +42,15 @@ pub fn collect(instances: &[Instance], redactor: &Redactor) -> Vec<LogTail> {
     tails
 }
 
+/// The last `n` lines that say something: stack frames (`    at ...`) are left to the saved file.
+pub fn excerpt(text: &str, n: usize) -> Vec<&str> {
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with("at "))
+        .collect();
+    lines[lines.len().saturating_sub(n)..].to_vec()
+}
+
 /// The last `n` lines of a file, reading at most the last 256 KiB.
 pub fn tail(path: &Path, n: usize) -> Option<String> {
     let mut f = std::fs::File::open(path).ok()?;

@@ -55,7 +55,6 @@ pub fn user() -> String {
 /// Now as RFC 3339 in UTC, to the millisecond.
 pub fn now_rfc3339() -> String {
     jiff::Timestamp::now()
-        .round(jiff::Unit::Millisecond)
-        .unwrap_or_else(|_| jiff::Timestamp::now())
+        .strftime("%Y-%m-%dT%H:%M:%S%.3fZ")
         .to_string()
 }

@@ -88,7 +88,7 @@ fn instance_problem(inst: &Instance, base: Option<&Watched>, start: Start) -> Op
             inst.pm_id, b.pid, inst.pid
         )),
         None if start == Start::Fresh && inst.restarts > 0 => Some(format!(
-            "PM2 restarted instance {} {} times",
+            "PM2 restarted instance {} {} time(s)",
             inst.pm_id, inst.restarts
         )),
         _ => None,

@@ -324,11 +324,10 @@ fn save_evidence(ctx: &mut Ctx<'_>, id: &str, verdict: &Verdict) {
         .find(|t| t.name.ends_with("-error.log") && !t.text.trim().is_empty())
     {
         ctx.printer.detail(format!(
-            "last lines of {} (saved in incident {id}/logs/):",
+            "from {} (tail saved in incident {id}, logs/):",
             err.name
         ));
-        let lines: Vec<&str> = err.text.lines().collect();
-        for line in &lines[lines.len().saturating_sub(8)..] {
+        for line in evidence::excerpt(&err.text, 6) {
             ctx.printer.detail(format!("  {line}"));
         }
     }

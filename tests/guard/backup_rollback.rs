@@ -9,20 +9,37 @@ fn backup_snapshots_files_dump_commit_and_uncommitted_changes() {
     let app = App::new();
     app.start_v1();
     // An operator's hot fix, not committed: the backup must keep it.
-    std::fs::write(app.dir.join("package.json"), app.read("package.json").replace("1.0.0", "1.0.1-hotfix")).unwrap();
+    std::fs::write(
+        app.dir.join("package.json"),
+        app.read("package.json").replace("1.0.0", "1.0.1-hotfix"),
+    )
+    .unwrap();
     let run = app.guard(&["backup", "--reason", "before maintenance"]);
     run.expect(0);
     let id = run.stdout.lines().last().unwrap().to_string();
-    assert_eq!(app.incidents().last(), Some(&id), "the id is the last line of stdout");
+    assert_eq!(
+        app.incidents().last(),
+        Some(&id),
+        "the id is the last line of stdout"
+    );
     let dir = app.incident_dir(&id);
-    for f in ["files/ecosystem.config.js", "files/env.env", "files/package.json", "pm2/dump.pm2", "git/uncommitted.patch"] {
+    for f in [
+        "files/ecosystem.config.js",
+        "files/env.env",
+        "files/package.json",
+        "pm2/dump.pm2",
+        "git/uncommitted.patch",
+    ] {
         assert!(dir.join(f).is_file(), "{f} missing");
     }
     let patch = std::fs::read_to_string(dir.join("git/uncommitted.patch")).unwrap();
     assert!(patch.contains("1.0.1-hotfix"));
     let manifest = std::fs::read_to_string(dir.join("manifest.json")).unwrap();
     assert!(manifest.contains("before maintenance") && manifest.contains("\"kind\": \"manual\""));
-    assert!(!manifest.contains(SECRET_DSN), "the manifest holds no env values");
+    assert!(
+        !manifest.contains(SECRET_DSN),
+        "the manifest holds no env values"
+    );
     // Secrets are stored for root only.
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&app.backups), 0o700);
@@ -46,7 +63,11 @@ fn rollback_brings_an_older_release_back_and_can_itself_be_undone() {
     run.expect(0);
     assert_eq!(app.version().as_deref(), Some("v1"));
     assert_eq!(app.head(), v1_head);
-    assert!(run.stdout.contains("code "), "says what code moved: {}", run.stdout);
+    assert!(
+        run.stdout.contains("code "),
+        "says what code moved: {}",
+        run.stdout
+    );
     let dump = std::fs::read_to_string(app.pm2_home.join("dump.pm2")).unwrap();
     assert!(dump.contains("demo-backend"));
 
@@ -64,7 +85,9 @@ fn rollback_brings_an_older_release_back_and_can_itself_be_undone() {
 fn rollback_restores_an_uncommitted_hot_fix() {
     let app = App::new();
     app.start_v1();
-    let hot = app.read("server.js").replace("status: 'ok'", "status: 'ok', hotfix: true");
+    let hot = app
+        .read("server.js")
+        .replace("status: 'ok'", "status: 'ok', hotfix: true");
     std::fs::write(app.dir.join("server.js"), &hot).unwrap();
     app.release("v2", "good");
     // git pull --ff-only refuses to overwrite? It does not touch server.js, so it succeeds.
@@ -90,7 +113,11 @@ fn latest_skips_pre_rollback_snapshots_and_says_which_it_picked() {
     // The newest incident is now the pre-rollback snapshot of v2; latest still means before_v2.
     let run = app.guard(&["rollback", "--incident", "latest"]);
     run.expect(0);
-    assert!(run.stdout.contains(&format!("incident {before_v2}")), "{}", run.stdout);
+    assert!(
+        run.stdout.contains(&format!("incident {before_v2}")),
+        "{}",
+        run.stdout
+    );
     assert_eq!(app.version().as_deref(), Some("v1"));
 }
 
@@ -113,7 +140,11 @@ fn list_and_history_show_incidents_and_runs_without_secrets() {
     let audit = std::fs::read_to_string(app.backups.join("audit.log")).unwrap();
     assert_eq!(audit.lines().count(), 2);
     assert!(!audit.contains(SECRET_DSN) && !audit.contains("hunter2"));
-    let mode = std::fs::metadata(app.backups.join("audit.log")).unwrap().permissions().mode() & 0o777;
+    let mode = std::fs::metadata(app.backups.join("audit.log"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o600);
 }
 
@@ -121,7 +152,9 @@ fn list_and_history_show_incidents_and_runs_without_secrets() {
 fn retention_keeps_the_newest_and_never_young_or_known_good_incidents() {
     let app = App::new();
     app.write_config("");
-    let cfg = std::fs::read_to_string(&app.config).unwrap().replace("[backup]\n", "[backup]\nkeep = 2\n");
+    let cfg = std::fs::read_to_string(&app.config)
+        .unwrap()
+        .replace("[backup]\n", "[backup]\nkeep = 2\n");
     std::fs::write(&app.config, cfg).unwrap();
     let mut ids = Vec::new();
     for _ in 0..4 {
@@ -129,13 +162,21 @@ fn retention_keeps_the_newest_and_never_young_or_known_good_incidents() {
         run.expect(0);
         ids.push(run.stdout.lines().last().unwrap().to_string());
     }
-    assert_eq!(app.incidents().len(), 4, "incidents younger than an hour are never pruned");
+    assert_eq!(
+        app.incidents().len(),
+        4,
+        "incidents younger than an hour are never pruned"
+    );
     // Age the first three by two hours (the manifest is not covered by the file hashes).
     for id in &ids[..3] {
         let p = app.incident_dir(id).join("manifest.json");
         let text = std::fs::read_to_string(&p).unwrap();
-        let created = serde_json::from_str::<serde_json::Value>(&text).unwrap()["created_at"].as_str().unwrap().to_string();
-        let old: jiff::Timestamp = created.parse::<jiff::Timestamp>().unwrap() - jiff::SignedDuration::from_hours(2);
+        let created = serde_json::from_str::<serde_json::Value>(&text).unwrap()["created_at"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let old: jiff::Timestamp =
+            created.parse::<jiff::Timestamp>().unwrap() - jiff::SignedDuration::from_hours(2);
         std::fs::write(&p, text.replace(&created, &old.to_string())).unwrap();
     }
     let run = app.guard(&["backup"]);

@@ -16,8 +16,14 @@ fn check_lists_artifacts_exits_1_and_removes_nothing() {
     litter(&app);
     let run = app.guard(&["clean", "--check"]);
     run.expect(1);
-    assert!(run.stdout.contains("dist/") && run.stdout.contains("release-1.tar.gz"), "{}", run.stdout);
-    assert!(app.dir.join("dist/sub/index.js").exists() && app.dir.join("release-1.tar.gz").exists());
+    assert!(
+        run.stdout.contains("dist/") && run.stdout.contains("release-1.tar.gz"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        app.dir.join("dist/sub/index.js").exists() && app.dir.join("release-1.tar.gz").exists()
+    );
     let dry = app.guard(&["clean", "--dry-run"]);
     dry.expect(0);
     assert!(dry.stdout.contains("would remove"), "{}", dry.stdout);
@@ -46,7 +52,10 @@ fn a_symlinked_dist_is_removed_as_a_link_and_its_target_survives() {
     app.guard(&["clean"]).expect(0);
     assert!(std::fs::symlink_metadata(app.dir.join("dist")).is_err());
     assert!(std::fs::symlink_metadata(app.dir.join("evil.tar.gz")).is_err());
-    assert_eq!(std::fs::read_to_string(outside.join("data")).unwrap(), "do not delete");
+    assert_eq!(
+        std::fs::read_to_string(outside.join("data")).unwrap(),
+        "do not delete"
+    );
 }
 
 #[test]
@@ -56,7 +65,11 @@ fn a_path_that_resolves_outside_the_app_dir_is_refused() {
     std::fs::create_dir_all(outside.join("dist")).unwrap();
     std::os::unix::fs::symlink(&outside, app.dir.join("build")).unwrap();
     let cfg = std::fs::read_to_string(&app.config).unwrap();
-    std::fs::write(&app.config, format!("{cfg}\n[clean]\npaths = [\"build/dist\"]\n")).unwrap();
+    std::fs::write(
+        &app.config,
+        format!("{cfg}\n[clean]\npaths = [\"build/dist\"]\n"),
+    )
+    .unwrap();
     let run = app.guard(&["clean"]);
     run.expect(2);
     assert!(run.stderr.contains("outside app.dir"), "{}", run.stderr);

@@ -14,14 +14,20 @@ fn first_deploy_starts_the_app_and_a_good_release_replaces_it() {
     let run = app.guard(&["deploy"]);
     run.expect(0);
     assert_eq!(app.version().as_deref(), Some("v2"));
-    assert!(run.stdout.contains("success: deployed and verified healthy"), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("success: deployed and verified healthy"),
+        "{}",
+        run.stdout
+    );
     // pm2 save ran: the dump lists the app, so a reboot brings it back.
     let dump = std::fs::read_to_string(app.pm2_home.join("dump.pm2")).unwrap();
     assert!(dump.contains("demo-backend"));
     // Two deploys, two pre-deploy incidents, each with a verified manifest.
     assert_eq!(app.incidents().len(), 2);
     let manifest: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(app.incident_dir(&app.incidents()[1]).join("manifest.json")).unwrap(),
+        &std::fs::read_to_string(app.incident_dir(&app.incidents()[1]).join("manifest.json"))
+            .unwrap(),
     )
     .unwrap();
     assert_eq!(manifest["kind"], "pre-deploy");
@@ -39,13 +45,18 @@ fn release_that_crashes_at_start_is_rolled_back_with_exit_3() {
     app.release("v2", "crash-at-start");
     let run = app.guard(&["deploy"]);
     run.expect(3);
-    assert_eq!(app.version().as_deref(), Some("v1"), "the previous version serves again");
+    assert_eq!(
+        app.version().as_deref(),
+        Some("v1"),
+        "the previous version serves again"
+    );
     assert_eq!(app.head(), v1_head, "the code is back on v1");
     assert!(run.stdout.contains("crashed at start"), "{}", run.stdout);
     assert!(run.stdout.contains("rolled back"), "{}", run.stdout);
     // The crash log is evidence in the incident, with the secret masked everywhere.
     let id = app.incidents().pop().unwrap();
-    let log = std::fs::read_to_string(app.incident_dir(&id).join("logs/demo-backend-0-error.log")).unwrap();
+    let log = std::fs::read_to_string(app.incident_dir(&id).join("logs/demo-backend-0-error.log"))
+        .unwrap();
     assert!(log.contains("SENTRY_DSN=***"), "{log}");
     assert!(!run.all().contains(SECRET_DSN));
     assert!(!log.contains(SECRET_DSN));
@@ -63,7 +74,10 @@ fn health_500_is_rolled_back_with_exit_3() {
     let doc = run.json();
     assert_eq!(doc["exit_code"], 3);
     assert_eq!(doc["verdict"], "rolled back");
-    assert!(doc["reason"].as_str().unwrap().contains("health 500"), "{doc}");
+    assert!(
+        doc["reason"].as_str().unwrap().contains("health 500"),
+        "{doc}"
+    );
     assert!(doc["incident"].is_string());
     assert_eq!(app.version().as_deref(), Some("v1"));
 }
@@ -74,11 +88,25 @@ fn broken_ecosystem_is_caught_before_the_restart_and_restored() {
     app.start_v1();
     let good = app.read("ecosystem.config.js");
     let pid_before = app.processes()[0].0;
-    app.push(&[("ecosystem.config.js", "module.exports = { apps: [ { name: 'demo-backend', \n")], "broken ecosystem");
+    app.push(
+        &[(
+            "ecosystem.config.js",
+            "module.exports = { apps: [ { name: 'demo-backend', \n",
+        )],
+        "broken ecosystem",
+    );
     let run = app.guard(&["deploy"]);
     run.expect(3);
-    assert_eq!(app.read("ecosystem.config.js"), good, "the ecosystem file is restored");
-    assert_eq!(app.processes()[0].0, pid_before, "the running process was never touched");
+    assert_eq!(
+        app.read("ecosystem.config.js"),
+        good,
+        "the ecosystem file is restored"
+    );
+    assert_eq!(
+        app.processes()[0].0,
+        pid_before,
+        "the running process was never touched"
+    );
     assert_eq!(app.version().as_deref(), Some("v1"));
     assert!(run.stdout.contains("does not load"), "{}", run.stdout);
 }
@@ -89,7 +117,13 @@ fn ecosystem_that_loads_but_starts_nothing_is_rolled_back() {
     app.start_v1();
     let good = app.read("ecosystem.config.js");
     // Loads fine, but points PM2 at a script that does not exist: only the restart can tell.
-    app.push(&[("ecosystem.config.js", &good.replace("script: 'server.js'", "script: 'missing.js'"))], "bad script");
+    app.push(
+        &[(
+            "ecosystem.config.js",
+            &good.replace("script: 'server.js'", "script: 'missing.js'"),
+        )],
+        "bad script",
+    );
     app.guard(&["deploy"]).expect(3);
     assert_eq!(app.read("ecosystem.config.js"), good);
     assert_eq!(app.version().as_deref(), Some("v1"));
@@ -117,7 +151,13 @@ fn failed_deploy_step_restores_files_and_leaves_the_running_app_alone() {
     let pid_before = app.processes()[0].0;
     let head = app.head();
     let env_before = app.read("env.env");
-    let run = app.guard(&["deploy", "--", "sh", "-c", "echo 'PORT=1' > env.env; git commit -qam x --allow-empty -m x 2>/dev/null; exit 7"]);
+    let run = app.guard(&[
+        "deploy",
+        "--",
+        "sh",
+        "-c",
+        "echo 'PORT=1' > env.env; git commit -qam x --allow-empty -m x 2>/dev/null; exit 7",
+    ]);
     run.expect(3);
     assert!(run.stdout.contains("exit 7"), "{}", run.stdout);
     assert_eq!(app.read("env.env"), env_before, "the env file is back");
@@ -133,6 +173,10 @@ fn no_rollback_leaves_the_failure_for_a_human_with_exit_4() {
     app.release("v2", "health-500");
     let run = app.guard(&["deploy", "--no-rollback"]);
     run.expect(4);
-    assert!(run.stdout.contains("guard rollback --incident"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("guard rollback --incident"),
+        "{}",
+        run.stdout
+    );
     assert_eq!(app.version(), None, "v2 still answers 500");
 }

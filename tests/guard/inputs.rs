@@ -7,7 +7,11 @@ fn refused(app: &App, args: &[&str], says: &str) {
     let before = app.state();
     let run = app.guard(args);
     run.expect(2);
-    assert!(run.stderr.contains(says), "stderr should mention {says:?}:\n{}", run.stderr);
+    assert!(
+        run.stderr.contains(says),
+        "stderr should mention {says:?}:\n{}",
+        run.stderr
+    );
     assert_eq!(app.state(), before, "nothing may change");
 }
 
@@ -15,10 +19,22 @@ fn refused(app: &App, args: &[&str], says: &str) {
 fn bad_incident_ids_are_usage_errors() {
     let app = App::new();
     app.start_v1();
-    refused(&app, &["rollback", "--incident", "20200101-000000"], "no incident 20200101-000000");
+    refused(
+        &app,
+        &["rollback", "--incident", "20200101-000000"],
+        "no incident 20200101-000000",
+    );
     refused(&app, &["rollback", "--incident", "../../etc"], "not a path");
-    refused(&app, &["rollback", "--incident", "incident-../x"], "not a path");
-    refused(&app, &["rollback", "--incident", "yesterday"], "YYYYMMDD-HHMMSS");
+    refused(
+        &app,
+        &["rollback", "--incident", "incident-../x"],
+        "not a path",
+    );
+    refused(
+        &app,
+        &["rollback", "--incident", "yesterday"],
+        "YYYYMMDD-HHMMSS",
+    );
     assert_eq!(app.version().as_deref(), Some("v1"));
 }
 
@@ -28,13 +44,29 @@ fn malformed_config_and_unknown_keys_are_usage_errors_naming_file_and_line() {
     let good = std::fs::read_to_string(&app.config).unwrap();
     std::fs::write(&app.config, good.replace("[deploy]", "[deploy\n")).unwrap();
     refused(&app, &["deploy"], "line 9");
-    std::fs::write(&app.config, good.replace("[deploy]", "[deploy]\ncomand = \"x\"")).unwrap();
+    std::fs::write(
+        &app.config,
+        good.replace("[deploy]", "[deploy]\ncomand = \"x\""),
+    )
+    .unwrap();
     refused(&app, &["deploy"], "comand");
     let run = app.guard(&["deploy"]);
-    assert!(run.stderr.contains(&app.config.display().to_string()), "{}", run.stderr);
-    std::fs::write(&app.config, good.replace("timeout = \"1s\"", "timeout = \"soon\"")).unwrap();
+    assert!(
+        run.stderr.contains(&app.config.display().to_string()),
+        "{}",
+        run.stderr
+    );
+    std::fs::write(
+        &app.config,
+        good.replace("timeout = \"1s\"", "timeout = \"soon\""),
+    )
+    .unwrap();
     refused(&app, &["health"], "timeout");
-    std::fs::write(&app.config, good.replace("dir = \"app\"", "dir = \"nowhere\"")).unwrap();
+    std::fs::write(
+        &app.config,
+        good.replace("dir = \"app\"", "dir = \"nowhere\""),
+    )
+    .unwrap();
     refused(&app, &["deploy"], "app.dir");
     std::fs::remove_file(&app.config).unwrap();
     refused(&app, &["deploy"], "cannot read config");
@@ -45,7 +77,11 @@ fn bad_flags_are_usage_errors() {
     let app = App::new();
     refused(&app, &["deploy", "--frobnicate"], "--frobnicate");
     refused(&app, &["rollback"], "--incident");
-    refused(&app, &["clean", "--check", "--dry-run"], "cannot be used with");
+    refused(
+        &app,
+        &["clean", "--check", "--dry-run"],
+        "cannot be used with",
+    );
 }
 
 #[test]
@@ -64,7 +100,11 @@ fn pm2_not_installed_is_a_usage_error() {
     let bin = app.pm2.display().to_string();
     std::fs::write(&app.config, cfg.replace(&bin, "/nonexistent/bin/pm2")).unwrap();
     refused(&app, &["deploy"], "pm2 not found");
-    std::fs::write(&app.config, cfg.replace(&format!("bin = \"{bin}\""), "bin = \"pm2-not-on-path\"")).unwrap();
+    std::fs::write(
+        &app.config,
+        cfg.replace(&format!("bin = \"{bin}\""), "bin = \"pm2-not-on-path\""),
+    )
+    .unwrap();
     refused(&app, &["backup"], "not an executable on PATH");
 }
 
@@ -74,7 +114,11 @@ fn an_unwritable_backup_dir_is_a_usage_error() {
     // A file where the folder should be: even root cannot create a folder inside it.
     std::fs::write(app.root.path().join("blocker"), "").unwrap();
     let cfg = std::fs::read_to_string(&app.config).unwrap();
-    std::fs::write(&app.config, cfg.replace("dir = \"backups\"", "dir = \"blocker/backups\"")).unwrap();
+    std::fs::write(
+        &app.config,
+        cfg.replace("dir = \"backups\"", "dir = \"blocker/backups\""),
+    )
+    .unwrap();
     refused(&app, &["deploy"], "backup.dir");
 }
 
@@ -82,26 +126,52 @@ fn an_unwritable_backup_dir_is_a_usage_error() {
 fn broken_incidents_are_refused_naming_the_file() {
     let app = App::new();
     app.start_v1();
-    let id = app.guard(&["backup"]).stdout.lines().last().unwrap().to_string();
+    let id = app
+        .guard(&["backup"])
+        .stdout
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
     let dir = app.incident_dir(&id);
 
     let stored = dir.join("files/env.env");
     let original = std::fs::read_to_string(&stored).unwrap();
     // Same size, one byte changed: only the hash can tell.
     std::fs::write(&stored, original.replacen("PORT=", "PORX=", 1)).unwrap();
-    refused(&app, &["rollback", "--incident", &id], "files/env.env does not match its sha256");
+    refused(
+        &app,
+        &["rollback", "--incident", &id],
+        "files/env.env does not match its sha256",
+    );
     std::fs::write(&stored, format!("{original}EXTRA=1\n")).unwrap();
     refused(&app, &["rollback", "--incident", &id], "the manifest says");
-    refused(&app, &["rollback", "--incident", "latest"], "the manifest says");
+    refused(
+        &app,
+        &["rollback", "--incident", "latest"],
+        "the manifest says",
+    );
 
     std::fs::remove_file(dir.join("files/env.env")).unwrap();
-    refused(&app, &["rollback", "--incident", &id], "files/env.env is missing");
+    refused(
+        &app,
+        &["rollback", "--incident", &id],
+        "files/env.env is missing",
+    );
 
     std::fs::remove_file(dir.join("manifest.json")).unwrap();
-    refused(&app, &["rollback", "--incident", &id], "manifest.json is missing");
+    refused(
+        &app,
+        &["rollback", "--incident", &id],
+        "manifest.json is missing",
+    );
 
     std::fs::write(dir.join("manifest.json"), "{ not json").unwrap();
-    refused(&app, &["rollback", "--incident", &id], "not a valid manifest");
+    refused(
+        &app,
+        &["rollback", "--incident", &id],
+        "not a valid manifest",
+    );
     assert_eq!(app.version().as_deref(), Some("v1"));
 }
 
@@ -109,9 +179,23 @@ fn broken_incidents_are_refused_naming_the_file() {
 fn a_manifest_that_points_outside_the_incident_is_refused() {
     let app = App::new();
     app.start_v1();
-    let id = app.guard(&["backup"]).stdout.lines().last().unwrap().to_string();
+    let id = app
+        .guard(&["backup"])
+        .stdout
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
     let p = app.incident_dir(&id).join("manifest.json");
     let text = std::fs::read_to_string(&p).unwrap();
-    std::fs::write(&p, text.replace("\"files/env.env\"", "\"files/../../../etc/passwd\"")).unwrap();
-    refused(&app, &["rollback", "--incident", &id], "not a path guard stores");
+    std::fs::write(
+        &p,
+        text.replace("\"files/env.env\"", "\"files/../../../etc/passwd\""),
+    )
+    .unwrap();
+    refused(
+        &app,
+        &["rollback", "--incident", &id],
+        "not a path guard stores",
+    );
 }

@@ -35,18 +35,31 @@ pub fn pm2_bin() -> PathBuf {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn git(dir: &Path, args: &[&str]) {
     let out = Command::new("git")
         .arg("-C")
         .arg(dir)
-        .args(["-c", "user.email=test@guard.invalid", "-c", "user.name=guard-test"])
+        .args([
+            "-c",
+            "user.email=test@guard.invalid",
+            "-c",
+            "user.name=guard-test",
+        ])
         .args(args)
         .output()
         .unwrap();
-    assert!(out.status.success(), "git {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -81,7 +94,8 @@ impl Run {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout))
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout))
     }
 
     pub fn all(&self) -> String {
@@ -90,7 +104,11 @@ impl Run {
 
     #[track_caller]
     pub fn expect(&self, code: i32) -> &Run {
-        assert_eq!(self.code, code, "expected exit {code}, got {}\n--- stdout\n{}\n--- stderr\n{}", self.code, self.stdout, self.stderr);
+        assert_eq!(
+            self.code, code,
+            "expected exit {code}, got {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        );
         self
     }
 }
@@ -122,15 +140,41 @@ impl App {
         let origin = r.join("origin.git");
         let work = r.join("work");
         let dir = r.join("app");
-        git(r, &["init", "-q", "--bare", "-b", "main", origin.to_str().unwrap()]);
-        git(r, &["clone", "-q", origin.to_str().unwrap(), work.to_str().unwrap()]);
+        git(
+            r,
+            &[
+                "init",
+                "-q",
+                "--bare",
+                "-b",
+                "main",
+                origin.to_str().unwrap(),
+            ],
+        );
+        git(
+            r,
+            &[
+                "clone",
+                "-q",
+                origin.to_str().unwrap(),
+                work.to_str().unwrap(),
+            ],
+        );
         copy_dir(&repo_root().join("examples/demo/app"), &work);
         std::fs::remove_file(work.join("env.env.example")).unwrap();
         git(&work, &["checkout", "-q", "-b", "main"]);
         git(&work, &["add", "-A"]);
         git(&work, &["commit", "-q", "-m", "release v1"]);
         git(&work, &["push", "-q", "origin", "main"]);
-        git(r, &["clone", "-q", origin.to_str().unwrap(), dir.to_str().unwrap()]);
+        git(
+            r,
+            &[
+                "clone",
+                "-q",
+                origin.to_str().unwrap(),
+                dir.to_str().unwrap(),
+            ],
+        );
         let port = free_port();
         std::fs::write(
             dir.join("env.env"),
@@ -188,7 +232,9 @@ home = "pm2"
     pub fn guard_cmd(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_guard"));
         cmd.arg("--config").arg(&self.config).args(args);
-        cmd.env_remove("GUARD_CONFIG").env("NO_COLOR", "1").env("PM2_HOME", &self.pm2_home);
+        cmd.env_remove("GUARD_CONFIG")
+            .env("NO_COLOR", "1")
+            .env("PM2_HOME", &self.pm2_home);
         cmd.current_dir(self.root.path());
         cmd
     }
@@ -214,7 +260,10 @@ home = "pm2"
 
     /// Push a release with this release.json content.
     pub fn release(&self, version: &str, mode: &str) {
-        self.release_json(&format!(r#"{{ "version": "{version}", "mode": "{mode}" }}"#), version);
+        self.release_json(
+            &format!(r#"{{ "version": "{version}", "mode": "{mode}" }}"#),
+            version,
+        );
     }
 
     pub fn release_json(&self, json: &str, message: &str) {
@@ -238,14 +287,22 @@ home = "pm2"
     }
 
     pub fn pm2(&self, args: &[&str]) -> Output {
-        Command::new(&self.pm2).args(args).env("PM2_HOME", &self.pm2_home).output().unwrap()
+        Command::new(&self.pm2)
+            .args(args)
+            .env("PM2_HOME", &self.pm2_home)
+            .output()
+            .unwrap()
     }
 
     /// The app's PM2 processes as (pid, status, restarts).
     pub fn processes(&self) -> Vec<(u64, String, u64)> {
         let out = self.pm2(&["jlist"]);
         let text = String::from_utf8_lossy(&out.stdout);
-        let line = text.lines().rev().find(|l| l.starts_with('[')).unwrap_or("[]");
+        let line = text
+            .lines()
+            .rev()
+            .find(|l| l.starts_with('['))
+            .unwrap_or("[]");
         let list: Vec<serde_json::Value> = serde_json::from_str(line).unwrap();
         list.iter()
             .filter(|p| p["name"] == "demo-backend")
@@ -263,7 +320,12 @@ home = "pm2"
         let mut ids: Vec<String> = std::fs::read_dir(&self.backups)
             .map(|rd| {
                 rd.flatten()
-                    .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_prefix("incident-")).map(String::from))
+                    .filter_map(|e| {
+                        e.file_name()
+                            .to_str()
+                            .and_then(|n| n.strip_prefix("incident-"))
+                            .map(String::from)
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -276,7 +338,12 @@ home = "pm2"
     }
 
     pub fn head(&self) -> String {
-        let out = Command::new("git").arg("-C").arg(&self.dir).args(["rev-parse", "HEAD"]).output().unwrap();
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(&self.dir)
+            .args(["rev-parse", "HEAD"])
+            .output()
+            .unwrap();
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
@@ -290,12 +357,19 @@ home = "pm2"
         collect(&self.dir, &self.dir, &mut files);
         collect(&self.backups, &self.backups, &mut files);
         files.sort();
-        format!("{}\n{:?}\n{}", self.head(), self.processes(), files.join("\n"))
+        format!(
+            "{}\n{:?}\n{}",
+            self.head(),
+            self.processes(),
+            files.join("\n")
+        )
     }
 }
 
 fn collect(base: &Path, dir: &Path, out: &mut Vec<String>) {
-    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in rd.flatten() {
         let p = e.path();
         let rel = p.strip_prefix(base).unwrap().display().to_string();
@@ -324,13 +398,17 @@ impl Drop for App {
 
 /// A minimal HTTP/1.0 GET on 127.0.0.1, returning status and body.
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2)).ok()?;
+    let mut s =
+        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     let status = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Some((status, body))
 }
 
