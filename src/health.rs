@@ -164,7 +164,7 @@ fn classify(e: &reqwest::Error, timeout: Duration) -> Outcome {
     if e.is_timeout() {
         return Outcome::TimedOut(timeout);
     }
-    let chain = error_chain(e);
+    let chain = error_chain(e).to_lowercase();
     if chain.contains("dns error") || chain.contains("failed to lookup") {
         return Outcome::Error(format!("cannot resolve the health host: {chain}"));
     }

@@ -14,7 +14,7 @@ use anyhow::Result;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::health::{Probe, Prober};
+use crate::health::{Outcome, Probe, Prober};
 use crate::pm2::{Instance, Pm2, pid_alive};
 use crate::settings::Health;
 use crate::signals::Cancel;
@@ -107,20 +107,23 @@ pub async fn verify(
     let mut probes = 0u32;
     let mut last: Option<Probe> = None;
     let mut instances = pm2.instances().await?;
-
-    let fail =
-        |reason: String, probes: u32, last: &Option<Probe>, instances: Vec<Instance>| Verdict {
-            healthy: false,
-            reason,
-            elapsed: t0.elapsed(),
-            ready_after: None,
-            probes,
-            last_probe: last.as_ref().map(|p| p.outcome.to_string()),
-            instances,
-        };
+    let fail = |ready_at: Option<Instant>,
+                reason: String,
+                probes: u32,
+                last: &Option<Probe>,
+                instances: Vec<Instance>| Verdict {
+        healthy: false,
+        reason,
+        elapsed: t0.elapsed(),
+        ready_after: ready_at.map(|r| r - t0),
+        probes,
+        last_probe: last.as_ref().map(|p| p.outcome.to_string()),
+        instances,
+    };
 
     if instances.is_empty() {
         return Ok(fail(
+            None,
             format!("app {} is not running in PM2", pm2.name()),
             0,
             &None,
@@ -136,8 +139,15 @@ pub async fn verify(
         } else {
             ""
         };
-        return Ok(fail(format!("{prefix}{problem}"), 0, &None, instances));
+        return Ok(fail(
+            None,
+            format!("{prefix}{problem}"),
+            0,
+            &None,
+            instances,
+        ));
     }
+    let mut ready_at: Option<Instant> = None;
     let mut watched: BTreeMap<u32, Watched> = instances
         .iter()
         .map(|i| {
@@ -154,7 +164,6 @@ pub async fn verify(
         .collect();
 
     let deadline = t0 + health.deadline;
-    let mut ready_at: Option<Instant> = None;
     let mut probe_fut: Pin<Box<dyn Future<Output = Probe>>> =
         Box::pin(probe_after(prober.clone(), Duration::ZERO));
     let mut pid_tick = tokio::time::interval(PID_WATCH_EVERY);
@@ -181,34 +190,42 @@ pub async fn verify(
                             return finish(pm2, &mut watched, t0, ready_at, probes, &last, start).await;
                         }
                     }
-                } else if ready_at.is_some() {
-                    let after = ready_at.map(|r| r.duration_since(t0)).unwrap_or_default();
-                    return Ok(fail(
-                        format!("{outcome} during the stability window ({:.1}s after it first answered)", (Instant::now() - t0 - after).as_secs_f64()),
-                        probes, &last, instances));
-                } else if outcome.is_definite_failure() {
-                    return Ok(fail(outcome.to_string(), probes, &last, instances));
+                } else {
+                    let failed = match ready_at {
+                        Some(r) => Some(format!(
+                            "{outcome} during the stability window ({:.1}s after it first answered)",
+                            r.elapsed().as_secs_f64()
+                        )),
+                        None if outcome.is_definite_failure() => Some(outcome.to_string()),
+                        None => None,
+                    };
+                    if let Some(reason) = failed {
+                        // A refused or reset connection is often a process dying: give the pid
+                        // watch a moment, so the verdict names the crash rather than its symptom.
+                        if matches!(outcome, Outcome::NotListening(_)) {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                        if let Some(change) = pid_change(&watched) {
+                            let (reason, now) = confirm_crash(pm2, &watched, change, t0, ready_at, start).await;
+                            return Ok(fail(ready_at, reason, probes, &last, now.unwrap_or(instances)));
+                        }
+                        return Ok(fail(ready_at, reason, probes, &last, instances));
+                    }
                 }
                 let wait = health.interval.saturating_sub(started.elapsed());
                 probe_fut = Box::pin(probe_after(prober.clone(), wait));
             }
             _ = pid_tick.tick() => {
                 if let Some(change) = pid_change(&watched) {
-                    // Confirm with PM2 for an exact reason; the pid change alone is proof enough.
-                    let now = t0.elapsed();
-                    instances = pm2.instances().await.unwrap_or(instances);
-                    let detail = instances
-                        .iter()
-                        .find_map(|i| instance_problem(i, watched.get(&i.pm_id), start))
-                        .unwrap_or(change);
-                    return Ok(fail(crash_reason(ready_at.map(|r| r - t0), now, &detail), probes, &last, instances));
+                    let (reason, now) = confirm_crash(pm2, &watched, change, t0, ready_at, start).await;
+                    return Ok(fail(ready_at, reason, probes, &last, now.unwrap_or(instances)));
                 }
             }
             _ = jlist_tick.tick() => {
                 instances = pm2.instances().await?;
                 if let Some(problem) = check_all(&instances, &watched, start) {
                     let now = t0.elapsed();
-                    return Ok(fail(crash_reason(ready_at.map(|r| r - t0), now, &problem), probes, &last, instances));
+                    return Ok(fail(ready_at, crash_reason(ready_at.map(|r| r - t0), now, &problem), probes, &last, instances));
                 }
                 // Pid files may only appear once PM2 has started the process: pick them up.
                 for i in &instances {
@@ -224,15 +241,37 @@ pub async fn verify(
                 }
                 let last_word = last.as_ref().map(|p| format!(" (last probe: {})", p.outcome)).unwrap_or_default();
                 return Ok(fail(
-                    format!("never became healthy within {}{last_word}", humantime::format_duration(health.deadline)),
+                    ready_at, format!("never became healthy within {}{last_word}", humantime::format_duration(health.deadline)),
                     probes, &last, instances));
             }
             _ = cancel.cancelled() => {
                 let sig = cancel.signal().unwrap_or(libc::SIGINT);
-                return Ok(fail(format!("interrupted by signal {sig} during verification"), probes, &last, instances));
+                return Ok(fail(ready_at, format!("interrupted by signal {sig} during verification"), probes, &last, instances));
             }
         }
     }
+}
+
+/// A pid change is proof enough of a crash; PM2 is asked once more only for the exact reason.
+async fn confirm_crash(
+    pm2: &Pm2,
+    watched: &BTreeMap<u32, Watched>,
+    change: String,
+    t0: Instant,
+    ready_at: Option<Instant>,
+    start: Start,
+) -> (String, Option<Vec<Instance>>) {
+    let seen_at = t0.elapsed();
+    let now = pm2.instances().await.ok();
+    let detail = now
+        .iter()
+        .flatten()
+        .find_map(|i| instance_problem(i, watched.get(&i.pm_id), start))
+        .unwrap_or(change);
+    (
+        crash_reason(ready_at.map(|r| r - t0), seen_at, &detail),
+        now,
+    )
 }
 
 fn crash_reason(ready_after: Option<Duration>, at: Duration, detail: &str) -> String {

@@ -229,6 +229,13 @@ home = "pm2"
         std::fs::write(&self.config, text).unwrap();
     }
 
+    /// Replace text in guard.toml (e.g. one setting).
+    pub fn edit_config(&self, from: &str, to: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        assert!(text.contains(from), "guard.toml has no {from:?}");
+        std::fs::write(&self.config, text.replace(from, to)).unwrap();
+    }
+
     pub fn guard_cmd(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_guard"));
         cmd.arg("--config").arg(&self.config).args(args);

@@ -30,6 +30,10 @@ const server = http.createServer((req, res) => {
     res.writeHead(500, { 'content-type': 'application/json' });
     return res.end(JSON.stringify({ status: 'error', version: release.version }) + '\n');
   }
+  if (mode === 'degraded') {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    return res.end(JSON.stringify({ status: 'degraded', version: release.version }) + '\n');
+  }
   if (mode === 'health-hang') {
     return; // never answers
   }
