@@ -28,6 +28,12 @@ use crate::exit::ExitStatus;
 use crate::output::{Mode, Printer};
 
 fn main() {
+    // An ssh session that drops sends SIGHUP: a deploy must reach its verdict anyway. Ignored
+    // before anything else happens, and inherited by the children (deploy step, pm2), as nohup does.
+    // SAFETY: setting a signal disposition to SIG_IGN at startup, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
     // Parse before starting any runtime: a bad flag exits 2 without touching anything.
     let cli = cli::Cli::parse();
     init_logging(cli.verbose, cli.quiet);

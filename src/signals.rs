@@ -1,5 +1,5 @@
-//! Signals: SIGHUP (the operator's ssh dropped) is ignored so a deploy always reaches its
-//! verdict; the first SIGINT/SIGTERM asks the running command to stop safely; a second one
+//! Signals: SIGHUP (the operator's ssh dropped) is ignored from the first line of `main`, so a
+//! deploy always reaches its verdict; the first SIGINT/SIGTERM asks the running command to stop safely; a second one
 //! exits at once.
 
 use tokio::signal::unix::{SignalKind, signal};
@@ -38,17 +38,12 @@ impl Cancel {
 
 /// Install the handlers; call inside the runtime before any work starts.
 pub fn install() -> std::io::Result<Cancel> {
-    let mut hup = signal(SignalKind::hangup())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
     let (tx, rx) = watch::channel(None);
     tokio::spawn(async move {
         loop {
             let sig = tokio::select! {
-                _ = hup.recv() => {
-                    tracing::warn!("SIGHUP received (terminal gone?): carrying on to the verdict");
-                    continue;
-                }
                 _ = int.recv() => libc::SIGINT,
                 _ = term.recv() => libc::SIGTERM,
             };

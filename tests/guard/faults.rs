@@ -1,1 +1,189 @@
-//! Placeholder replaced below.
+//! Faults: concurrent runs, kill -9 at every stage, hang-ups and interrupts. Whatever happens
+//! to guard, the previous version can be brought back and no lock is left behind.
+
+use std::time::Duration;
+
+use crate::support::App;
+
+const LONG: Duration = Duration::from_secs(60);
+
+#[test]
+fn a_second_deploy_fails_at_once_with_exit_5_and_changes_nothing() {
+    let app = App::new();
+    app.start_v1();
+    let count = app.incidents().len();
+    let first = app.spawn_guard(&["deploy", "--", "sleep", "3"]);
+    // Past its backup, in the deploy step.
+    assert!(crate::support::wait_until(LONG, || app.lock_recorded()
+        && app.incidents().len() > count));
+    let before = app.state();
+    let second = app.guard(&["deploy"]);
+    second.expect(5);
+    assert!(
+        second.stderr.contains(&format!("pid {}", first.pid())),
+        "names the holder: {}",
+        second.stderr
+    );
+    assert!(
+        second.took < Duration::from_secs(5),
+        "fails at once, took {:?}",
+        second.took
+    );
+    assert_eq!(app.state(), before, "the refused run changed nothing");
+    app.guard(&["rollback", "--incident", "latest"]).expect(5);
+    first.finish(LONG).expect(0);
+    // Released on exit: the next run gets it without a take-over warning.
+    let run = app.guard(&["backup"]);
+    run.expect(0);
+    assert!(!run.stdout.contains("took over"), "{}", run.stdout);
+}
+
+#[test]
+fn kill_9_during_the_deploy_step_then_rollback_latest_restores_the_previous_version() {
+    let app = App::new();
+    app.start_v1();
+    let v1 = app.head();
+    app.release("v2", "good");
+    let bg = app.spawn_guard(&["deploy", "--", "sh", "-c", "git pull --ff-only && sleep 30"]);
+    assert!(
+        crate::support::wait_until(LONG, || app.head() != v1),
+        "the pull happened"
+    );
+    bg.signal(libc::SIGKILL);
+    bg.finish(LONG);
+    let run = app.guard(&["rollback", "--incident", "latest"]);
+    run.expect(0);
+    assert!(run.stdout.contains("took over the lock"), "{}", run.stdout);
+    assert_eq!(app.head(), v1);
+    assert_eq!(app.version().as_deref(), Some("v1"));
+}
+
+#[test]
+fn kill_9_during_verification_then_rollback_latest_restores_the_previous_version() {
+    let app = App::new();
+    app.edit_config("stable_for = \"1s\"", "stable_for = \"20s\"");
+    app.start_v1();
+    app.release_json(
+        r#"{ "version": "v2", "mode": "crash-later", "crash_after_ms": 4000 }"#,
+        "v2",
+    );
+    let bg = app.spawn_guard(&["deploy"]);
+    assert!(
+        crate::support::wait_until(LONG, || app.version().as_deref() == Some("v2")),
+        "v2 is being verified"
+    );
+    bg.signal(libc::SIGKILL);
+    bg.finish(LONG);
+    app.guard(&["rollback", "--incident", "latest"]).expect(0);
+    assert_eq!(app.version().as_deref(), Some("v1"));
+    app.guard(&["health", "--wait"]).expect(0);
+}
+
+#[test]
+fn kill_9_during_a_rollback_then_rollback_latest_still_works() {
+    let app = App::new();
+    app.start_v1();
+    app.release("v2", "good");
+    app.guard(&["deploy"]).expect(0);
+    let before_v2 = app.incidents().last().unwrap().clone();
+    let count = app.incidents().len();
+    let bg = app.spawn_guard(&["rollback", "--incident", &before_v2]);
+    // Kill it right after its pre-rollback snapshot, in the middle of restoring.
+    assert!(crate::support::wait_until(LONG, || app.incidents().len() > count));
+    bg.signal(libc::SIGKILL);
+    bg.finish(LONG);
+    let run = app.guard(&["rollback", "--incident", "latest"]);
+    run.expect(0);
+    assert!(
+        run.stdout.contains(&before_v2),
+        "latest is the pre-deploy incident, not the pre-rollback one: {}",
+        run.stdout
+    );
+    assert_eq!(app.version().as_deref(), Some("v1"));
+}
+
+#[test]
+fn sighup_to_the_process_group_never_stops_a_bad_deploy_half_way() {
+    let app = App::new();
+    app.start_v1();
+    app.release("v2", "crash-at-start");
+    let mut bg = app.spawn_guard(&["deploy", "--", "sh", "-c", "git pull --ff-only && sleep 1"]);
+    // The operator's ssh drops, again and again, through every step from the lock on. (Before
+    // guard's main runs, between fork and exec, a hang-up would kill any program.)
+    assert!(crate::support::wait_until(LONG, || app.lock_recorded()));
+    while bg.running() {
+        bg.signal_group(libc::SIGHUP);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let run = bg.finish(LONG);
+    run.expect(3);
+    assert_eq!(app.version().as_deref(), Some("v1"));
+    let audit = std::fs::read_to_string(app.backups.join("audit.log")).unwrap();
+    assert!(
+        audit.lines().last().unwrap().contains("\"exit_code\":3"),
+        "the verdict is recorded"
+    );
+}
+
+#[test]
+fn sigint_before_the_restart_stops_cleanly_and_changes_nothing() {
+    let app = App::new();
+    app.start_v1();
+    let pid = app.processes()[0].0;
+    let env = app.read("env.env");
+    let bg = app.spawn_guard(&[
+        "deploy",
+        "--",
+        "sh",
+        "-c",
+        "echo PORT=1 > env.env; sleep 30",
+    ]);
+    assert!(
+        crate::support::wait_until(LONG, || app.read("env.env") != env),
+        "the deploy step runs"
+    );
+    bg.signal(libc::SIGINT);
+    let run = bg.finish(Duration::from_secs(20));
+    run.expect(130);
+    assert_eq!(app.read("env.env"), env, "files are back");
+    assert_eq!(app.processes()[0].0, pid, "the running app was not touched");
+    app.guard(&["backup"]).expect(0);
+}
+
+#[test]
+fn sigterm_after_the_restart_rolls_back_then_exits_143() {
+    let app = App::new();
+    app.edit_config("stable_for = \"1s\"", "stable_for = \"30s\"");
+    app.start_v1();
+    app.release("v2", "good");
+    let bg = app.spawn_guard(&["deploy"]);
+    assert!(crate::support::wait_until(LONG, || app
+        .version()
+        .as_deref()
+        == Some("v2")));
+    bg.signal(libc::SIGTERM);
+    let run = bg.finish(LONG);
+    run.expect(143);
+    assert!(run.stdout.contains("restore"), "{}", run.stdout);
+    assert_eq!(app.version().as_deref(), Some("v1"));
+}
+
+#[test]
+fn a_second_sigint_exits_at_once_and_leaves_no_blocking_lock() {
+    let app = App::new();
+    app.edit_config("stable_for = \"1s\"", "stable_for = \"30s\"");
+    app.start_v1();
+    app.release("v2", "good");
+    let bg = app.spawn_guard(&["deploy"]);
+    assert!(crate::support::wait_until(LONG, || app
+        .version()
+        .as_deref()
+        == Some("v2")));
+    bg.signal(libc::SIGINT);
+    std::thread::sleep(Duration::from_millis(50));
+    bg.signal(libc::SIGINT);
+    let run = bg.finish(Duration::from_secs(10));
+    run.expect(130);
+    app.guard(&["rollback", "--incident", "latest"]).expect(0);
+    assert_eq!(app.version().as_deref(), Some("v1"));
+}

@@ -253,6 +253,34 @@ home = "pm2"
         Run::from(out, t.elapsed())
     }
 
+    /// Start guard in the background, in its own process group (as a shell job would be), with
+    /// output to files so a killed guard's children cannot hold a pipe open.
+    pub fn spawn_guard(&self, args: &[&str]) -> Bg {
+        use std::os::unix::process::CommandExt;
+        let out = tempfile::NamedTempFile::new().unwrap();
+        let err = tempfile::NamedTempFile::new().unwrap();
+        let child = self
+            .guard_cmd(args)
+            .stdin(Stdio::null())
+            .stdout(out.reopen().unwrap())
+            .stderr(err.reopen().unwrap())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        Bg {
+            child,
+            out,
+            err,
+            started: Instant::now(),
+        }
+    }
+
+    /// Whether the app's lock file holds a run's record (that run is past its start).
+    pub fn lock_recorded(&self) -> bool {
+        std::fs::read_to_string(self.backups.join("guard-demo-backend.lock"))
+            .is_ok_and(|s| s.contains("\"pid\""))
+    }
+
     /// Commit and push a change in the upstream clone, as a developer would.
     pub fn push(&self, files: &[(&str, &str)], message: &str) {
         for (path, content) in files {
@@ -400,6 +428,55 @@ impl Drop for App {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
+    }
+}
+
+/// A guard run in the background.
+pub struct Bg {
+    pub child: std::process::Child,
+    out: tempfile::NamedTempFile,
+    err: tempfile::NamedTempFile,
+    started: Instant,
+}
+
+impl Bg {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Send a signal to guard alone.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    /// Send a signal to guard's whole process group, as a terminal hang-up does.
+    pub fn signal_group(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's process group.
+        unsafe { libc::kill(-self.pid(), sig) };
+    }
+
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Wait for the end (at most `limit`) and collect the output.
+    pub fn finish(mut self, limit: Duration) -> Run {
+        assert!(
+            wait_until(limit, || self.child.try_wait().unwrap().is_some()),
+            "guard did not finish within {limit:?}"
+        );
+        let status = self.child.wait().unwrap();
+        let code = status.code().unwrap_or_else(|| {
+            use std::os::unix::process::ExitStatusExt;
+            128 + status.signal().unwrap_or(0)
+        });
+        Run {
+            code,
+            stdout: std::fs::read_to_string(self.out.path()).unwrap(),
+            stderr: std::fs::read_to_string(self.err.path()).unwrap(),
+            took: self.started.elapsed(),
+        }
     }
 }
 
