@@ -82,6 +82,13 @@ impl Git {
         Ok(out.stdout)
     }
 
+    /// Whether `commit` exists in the repository.
+    pub async fn has_commit(&self, commit: &str) -> bool {
+        self.call(&["cat-file", "-e", &format!("{commit}^{{commit}}")])
+            .await
+            .is_ok()
+    }
+
     /// Move the work tree to `commit`, dropping uncommitted changes to tracked files.
     pub async fn reset_hard(&self, commit: &str) -> Result<()> {
         self.call(&["reset", "--hard", "--quiet", commit])

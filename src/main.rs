@@ -74,7 +74,31 @@ fn main() {
             ExitStatus::Failure
         }
     };
+    if std::env::var_os("GUARD_BENCH_RUSAGE").is_some() {
+        report_rusage();
+    }
     std::process::exit(status.code());
+}
+
+/// For bench/: guard's own CPU time and peak RSS (RUSAGE_SELF), apart from the pm2 and git
+/// processes it ran (RUSAGE_CHILDREN), as one JSON line on stderr.
+fn report_rusage() {
+    let get = |who| {
+        // SAFETY: getrusage fills a zeroed struct it is given; no other memory is touched.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(who, &mut ru) };
+        let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        (secs(ru.ru_utime) + secs(ru.ru_stime), ru.ru_maxrss)
+    };
+    let (self_cpu, self_rss_kb) = get(libc::RUSAGE_SELF);
+    let (child_cpu, _) = get(libc::RUSAGE_CHILDREN);
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!(
+            "{{\"guard_rusage\":{{\"cpu_s\":{self_cpu:.3},\"max_rss_kb\":{self_rss_kb},\"children_cpu_s\":{child_cpu:.3}}}}}\n"
+        )
+        .as_bytes(),
+    );
 }
 
 fn init_logging(verbose: u8, quiet: bool) {

@@ -35,6 +35,10 @@ pub struct Verdict {
     /// Time to the first passing probe.
     #[serde(serialize_with = "ser_opt_ms")]
     pub ready_after: Option<Duration>,
+    /// When the verdict was reached (ms since the epoch), for benchmarks and logs.
+    pub decided_at_ms: i64,
+    /// When the first probe passed (ms since the epoch).
+    pub ready_at_ms: Option<i64>,
     /// Probes sent.
     pub probes: u32,
     /// The last probe's outcome.
@@ -116,6 +120,8 @@ pub async fn verify(
         reason,
         elapsed: t0.elapsed(),
         ready_after: ready_at.map(|r| r - t0),
+        decided_at_ms: now_ms(),
+        ready_at_ms: ready_at.map(wall_ms),
         probes,
         last_probe: last.as_ref().map(|p| p.outcome.to_string()),
         instances,
@@ -360,10 +366,38 @@ async fn finish(
         reason,
         elapsed: t0.elapsed(),
         ready_after,
+        decided_at_ms: now_ms(),
+        ready_at_ms: ready_at.map(wall_ms),
         probes,
         last_probe: last.as_ref().map(|p| p.outcome.to_string()),
         instances,
     })
+}
+
+impl Verdict {
+    /// The verdict when the app could not even be (re)started.
+    pub fn not_started(reason: String, elapsed: Duration) -> Verdict {
+        Verdict {
+            healthy: false,
+            reason,
+            elapsed,
+            ready_after: None,
+            decided_at_ms: now_ms(),
+            ready_at_ms: None,
+            probes: 0,
+            last_probe: None,
+            instances: Vec::new(),
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+/// A monotonic instant in the past as wall-clock ms since the epoch.
+fn wall_ms(at: Instant) -> i64 {
+    now_ms() - i64::try_from(at.elapsed().as_millis()).unwrap_or(0)
 }
 
 async fn probe_after(prober: Prober, wait: Duration) -> Probe {

@@ -147,15 +147,7 @@ async fn deploy_after_backup(
         Err(e) => {
             ctx.printer
                 .step("restart", StepState::Failed, t.elapsed(), format!("{e:#}"));
-            Verdict {
-                healthy: false,
-                reason: format!("restart failed: {e:#}"),
-                elapsed: t.elapsed(),
-                ready_after: None,
-                probes: 0,
-                last_probe: None,
-                instances: Vec::new(),
-            }
+            Verdict::not_started(format!("restart failed: {e:#}"), t.elapsed())
         }
     };
     ctx.printer
@@ -181,6 +173,8 @@ async fn deploy_after_backup(
     }
     let target = ctx.store.verify(id)?;
     let back = restore_and_restart(ctx, pm2, prober, &target).await?;
+    ctx.printer
+        .set_data(serde_json::json!({ "verdict": verdict, "rollback": back }));
     let status = match (back.healthy, interrupted) {
         (true, Some(sig)) => ExitStatus::Interrupted(sig),
         (true, None) => ExitStatus::RolledBack,

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use super::{Ctx, Done};
 use crate::atomic;
 use crate::cli::RollbackArgs;
-use crate::exit::ExitStatus;
+use crate::exit::{ExitStatus, usage};
 use crate::git::Git;
 use crate::health::Prober;
 use crate::incident::{self, Kind, Outcome, Verified};
@@ -27,6 +27,7 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &RollbackArgs) -> Result<Done> {
     let t = Instant::now();
     let target = ctx.store.resolve(&args.incident)?;
     let id = target.manifest.id.clone();
+    check_restorable(ctx, &target).await?;
     learn_secrets(ctx, &target);
     let picked = if args.incident == "latest" {
         " (newest restorable: `latest`)"
@@ -73,6 +74,31 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &RollbackArgs) -> Result<Done> {
     };
     record(ctx, &before, "rollback", status, &summary);
     Ok(Done::new(status, summary))
+}
+
+/// The recorded commit must still exist, or the restore would stop half-way: refuse up front.
+async fn check_restorable(ctx: &Ctx<'_>, target: &Verified) -> Result<()> {
+    let Some(state) = &target.manifest.git else {
+        return Ok(());
+    };
+    let dir = &ctx.settings.app.dir;
+    let Some(git) = Git::open(dir).await else {
+        return Err(usage(format!(
+            "incident {} records commit {} but {} is not a git work tree; nothing was changed",
+            target.manifest.id,
+            state.commit,
+            dir.display()
+        )));
+    };
+    if !git.has_commit(&state.commit).await {
+        return Err(usage(format!(
+            "incident {} records commit {}, which is not in the repository at {} (fetch it first); nothing was changed",
+            target.manifest.id,
+            state.commit,
+            dir.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Also mask the env values of the incident being restored: they may differ from today's.
@@ -174,15 +200,10 @@ pub async fn restore_and_restart(
     if let Err(e) = pm2.restart(&ctx.settings.app.ecosystem).await {
         ctx.printer
             .step("restart", StepState::Failed, t.elapsed(), format!("{e:#}"));
-        return Ok(Verdict {
-            healthy: false,
-            reason: format!("restart failed: {e:#}"),
-            elapsed: t.elapsed(),
-            ready_after: None,
-            probes: 0,
-            last_probe: None,
-            instances: Vec::new(),
-        });
+        return Ok(Verdict::not_started(
+            format!("restart failed: {e:#}"),
+            t.elapsed(),
+        ));
     }
     ctx.printer.step(
         "restart",

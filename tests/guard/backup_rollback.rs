@@ -48,6 +48,24 @@ fn backup_snapshots_files_dump_commit_and_uncommitted_changes() {
 }
 
 #[test]
+fn a_half_written_incident_left_by_a_dead_run_is_swept_and_never_listed() {
+    let app = App::new();
+    app.guard(&["backup"]).expect(0);
+    // What a backup killed mid-way leaves: a temporary folder, never an incident-* folder.
+    let tmp = app.backups.join(".tmp-incident-dead01");
+    std::fs::create_dir_all(tmp.join("files")).unwrap();
+    std::fs::write(tmp.join("files/env.env"), "half").unwrap();
+    let list = app.guard(&["--json", "list"]);
+    assert_eq!(
+        list.json()["data"]["incidents"].as_array().unwrap().len(),
+        1
+    );
+    app.guard(&["backup"]).expect(0);
+    assert!(!tmp.exists(), "swept by the next run that holds the lock");
+    assert_eq!(app.incidents().len(), 2);
+}
+
+#[test]
 fn rollback_brings_an_older_release_back_and_can_itself_be_undone() {
     let app = App::new();
     app.start_v1();

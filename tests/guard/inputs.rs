@@ -176,6 +176,32 @@ fn broken_incidents_are_refused_naming_the_file() {
 }
 
 #[test]
+fn an_incident_whose_commit_is_gone_is_refused_before_anything_changes() {
+    let app = App::new();
+    app.start_v1();
+    let id = app
+        .guard(&["backup"])
+        .stdout
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
+    let p = app.incident_dir(&id).join("manifest.json");
+    let text = std::fs::read_to_string(&p).unwrap();
+    let head = app.head();
+    std::fs::write(
+        &p,
+        text.replace(&head, "0123456789abcdef0123456789abcdef01234567"),
+    )
+    .unwrap();
+    refused(
+        &app,
+        &["rollback", "--incident", &id],
+        "not in the repository",
+    );
+}
+
+#[test]
 fn a_manifest_that_points_outside_the_incident_is_refused() {
     let app = App::new();
     app.start_v1();

@@ -50,7 +50,8 @@ setTimeout(() => {
 const crashes = mode === 'crash-later' || (mode === 'crash-one-instance' && instance === '1');
 if (crashes) {
   setTimeout(() => {
-    console.error(`release ${release.version} crashed after ${release.crash_after_ms || 1500} ms`);
+    // The wall-clock time lets bench/ measure how fast guard notices the crash.
+    console.error(`release ${release.version} crashed after ${release.crash_after_ms || 1500} ms, at ${Date.now()}`);
     process.exit(1);
   }, Number(release.crash_after_ms || 1500));
 }
