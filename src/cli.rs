@@ -45,16 +45,33 @@ pub enum Command {
     Backup(BackupArgs),
     /// Remove build artifacts (clean.paths, clean.globs) from the app dir
     Clean(CleanArgs),
-    /// Clean, back up, run the deploy step, restart through PM2, verify, roll back on failure
+    /// Back up, clean, run the deploy step, restart through PM2, verify, roll back on failure
+    #[command(after_help = EXIT_CODES)]
     Deploy(DeployArgs),
     /// Show the app's PM2 state and its health endpoint
     Health(HealthArgs),
     /// Restore an incident, restart through PM2 and verify it healthy
+    #[command(after_help = EXIT_CODES)]
     Rollback(RollbackArgs),
     /// List the incidents in backup.dir, newest first
     List,
     /// Show the audit log of runs that changed something
     History(HistoryArgs),
+}
+
+impl Command {
+    /// The subcommand's name, as typed.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Backup(_) => "backup",
+            Command::Clean(_) => "clean",
+            Command::Deploy(_) => "deploy",
+            Command::Health(_) => "health",
+            Command::Rollback(_) => "rollback",
+            Command::List => "list",
+            Command::History(_) => "history",
+        }
+    }
 }
 
 /// Flags of `guard backup`.

@@ -44,12 +44,7 @@ fn main() {
     } else {
         Mode::Human
     };
-    let name = format!("{:?}", cli.command)
-        .split(['(', ' '])
-        .next()
-        .unwrap_or("")
-        .to_lowercase();
-    let mut printer = Printer::new(mode, &name);
+    let mut printer = Printer::new(mode, cli.command.name());
     let status = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

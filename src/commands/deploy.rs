@@ -28,6 +28,8 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &DeployArgs) -> Result<Done> {
     let pm2 = Pm2::new(&ctx.settings)?;
     let prober = Prober::new(&ctx.settings.health)?;
     super::backup::check_files(ctx)?;
+    // A clean path that resolves outside app.dir is refused here, before the backup.
+    crate::clean::find(&ctx.settings)?;
     if !ctx.settings.app.ecosystem.is_file() {
         return Err(usage(format!(
             "app.ecosystem {} does not exist",

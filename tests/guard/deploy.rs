@@ -20,6 +20,28 @@ fn first_deploy_starts_the_app_and_a_good_release_replaces_it() {
         "{}",
         run.stdout
     );
+    // Back up before anything changes; clean before and after the deploy step.
+    let steps: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter_map(|l| l.get(6..18))
+        .map(str::trim)
+        .collect();
+    assert_eq!(
+        steps[..8],
+        [
+            "backup",
+            "clean",
+            "deploy step",
+            "clean again",
+            "ecosystem",
+            "restart",
+            "verify",
+            "pm2 save"
+        ],
+        "{}",
+        run.stdout
+    );
     // pm2 save ran: the dump lists the app, so a reboot brings it back.
     let dump = std::fs::read_to_string(app.pm2_home.join("dump.pm2")).unwrap();
     assert!(dump.contains("demo-backend"));

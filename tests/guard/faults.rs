@@ -153,14 +153,7 @@ fn sigint_before_the_restart_stops_cleanly_and_changes_nothing() {
 #[test]
 fn sigterm_after_the_restart_rolls_back_then_exits_143() {
     let app = App::new();
-    app.edit_config("stable_for = \"1s\"", "stable_for = \"30s\"");
-    app.start_v1();
-    app.release("v2", "good");
-    let bg = app.spawn_guard(&["deploy"]);
-    assert!(crate::support::wait_until(LONG, || app
-        .version()
-        .as_deref()
-        == Some("v2")));
+    let bg = deploy_v2_into_a_long_verification(&app);
     bg.signal(libc::SIGTERM);
     let run = bg.finish(LONG);
     run.expect(143);
@@ -171,6 +164,19 @@ fn sigterm_after_the_restart_rolls_back_then_exits_143() {
 #[test]
 fn a_second_sigint_exits_at_once_and_leaves_no_blocking_lock() {
     let app = App::new();
+    let bg = deploy_v2_into_a_long_verification(&app);
+    bg.signal(libc::SIGINT);
+    std::thread::sleep(Duration::from_millis(50));
+    bg.signal(libc::SIGINT);
+    let run = bg.finish(Duration::from_secs(10));
+    run.expect(130);
+    app.guard(&["rollback", "--incident", "latest"]).expect(0);
+    assert_eq!(app.version().as_deref(), Some("v1"));
+}
+
+/// Start deploying a good v2 with a 30 s stability window; return once v2 answers, so guard is
+/// past the restart and verifying.
+fn deploy_v2_into_a_long_verification(app: &App) -> crate::support::Bg {
     app.edit_config("stable_for = \"1s\"", "stable_for = \"30s\"");
     app.start_v1();
     app.release("v2", "good");
@@ -179,11 +185,5 @@ fn a_second_sigint_exits_at_once_and_leaves_no_blocking_lock() {
         .version()
         .as_deref()
         == Some("v2")));
-    bg.signal(libc::SIGINT);
-    std::thread::sleep(Duration::from_millis(50));
-    bg.signal(libc::SIGINT);
-    let run = bg.finish(Duration::from_secs(10));
-    run.expect(130);
-    app.guard(&["rollback", "--incident", "latest"]).expect(0);
-    assert_eq!(app.version().as_deref(), Some("v1"));
+    bg
 }

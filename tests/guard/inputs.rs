@@ -126,13 +126,7 @@ fn an_unwritable_backup_dir_is_a_usage_error() {
 fn broken_incidents_are_refused_naming_the_file() {
     let app = App::new();
     app.start_v1();
-    let id = app
-        .guard(&["backup"])
-        .stdout
-        .lines()
-        .last()
-        .unwrap()
-        .to_string();
+    let id = app.backup_id();
     let dir = app.incident_dir(&id);
 
     let stored = dir.join("files/env.env");
@@ -179,21 +173,8 @@ fn broken_incidents_are_refused_naming_the_file() {
 fn an_incident_whose_commit_is_gone_is_refused_before_anything_changes() {
     let app = App::new();
     app.start_v1();
-    let id = app
-        .guard(&["backup"])
-        .stdout
-        .lines()
-        .last()
-        .unwrap()
-        .to_string();
-    let p = app.incident_dir(&id).join("manifest.json");
-    let text = std::fs::read_to_string(&p).unwrap();
-    let head = app.head();
-    std::fs::write(
-        &p,
-        text.replace(&head, "0123456789abcdef0123456789abcdef01234567"),
-    )
-    .unwrap();
+    let id = app.backup_id();
+    app.edit_manifest(&id, &app.head(), "0123456789abcdef0123456789abcdef01234567");
     refused(
         &app,
         &["rollback", "--incident", &id],
@@ -205,20 +186,8 @@ fn an_incident_whose_commit_is_gone_is_refused_before_anything_changes() {
 fn a_manifest_that_points_outside_the_incident_is_refused() {
     let app = App::new();
     app.start_v1();
-    let id = app
-        .guard(&["backup"])
-        .stdout
-        .lines()
-        .last()
-        .unwrap()
-        .to_string();
-    let p = app.incident_dir(&id).join("manifest.json");
-    let text = std::fs::read_to_string(&p).unwrap();
-    std::fs::write(
-        &p,
-        text.replace("\"files/env.env\"", "\"files/../../../etc/passwd\""),
-    )
-    .unwrap();
+    let id = app.backup_id();
+    app.edit_manifest(&id, "\"files/env.env\"", "\"files/../../../etc/passwd\"");
     refused(
         &app,
         &["rollback", "--incident", &id],

@@ -281,6 +281,21 @@ home = "pm2"
             .is_ok_and(|s| s.contains("\"pid\""))
     }
 
+    /// Run `guard backup` and return the new incident's id (the last line of stdout).
+    pub fn backup_id(&self) -> String {
+        let run = self.guard(&["backup"]);
+        run.expect(0);
+        run.stdout.lines().last().unwrap().to_string()
+    }
+
+    /// Replace text in an incident's manifest.json.
+    pub fn edit_manifest(&self, id: &str, from: &str, to: &str) {
+        let p = self.incident_dir(id).join("manifest.json");
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.contains(from), "manifest has no {from:?}");
+        std::fs::write(&p, text.replace(from, to)).unwrap();
+    }
+
     /// Commit and push a change in the upstream clone, as a developer would.
     pub fn push(&self, files: &[(&str, &str)], message: &str) {
         for (path, content) in files {
