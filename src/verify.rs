@@ -406,3 +406,85 @@ async fn probe_after(prober: Prober, wait: Duration) -> Probe {
     }
     prober.probe().await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inst(status: &str, pid: Option<u32>, restarts: u64) -> Instance {
+        Instance {
+            name: "api".into(),
+            pm_id: 0,
+            pid,
+            status: status.into(),
+            restarts,
+            unstable_restarts: 0,
+            started_at_ms: None,
+            pid_path: None,
+            out_log: None,
+            err_log: None,
+        }
+    }
+
+    fn watched(pid: Option<u32>, restarts: u64, pid_path: Option<PathBuf>) -> Watched {
+        Watched {
+            pm_id: 0,
+            pid,
+            pid_path,
+            restarts,
+        }
+    }
+
+    #[test]
+    fn any_restart_after_a_fresh_start_is_a_problem() {
+        assert!(instance_problem(&inst("online", Some(1), 0), None, Start::Fresh).is_none());
+        assert!(instance_problem(&inst("online", Some(1), 1), None, Start::Fresh).is_some());
+        assert!(instance_problem(&inst("online", Some(1), 7), None, Start::Existing).is_none());
+        assert!(instance_problem(&inst("errored", None, 3), None, Start::Existing).is_some());
+        assert!(instance_problem(&inst("stopped", None, 0), None, Start::Existing).is_some());
+    }
+
+    #[test]
+    fn counter_or_pid_changes_against_the_baseline_are_problems() {
+        let base = watched(Some(10), 2, None);
+        assert!(
+            instance_problem(&inst("online", Some(10), 2), Some(&base), Start::Existing).is_none()
+        );
+        let p =
+            instance_problem(&inst("online", Some(10), 3), Some(&base), Start::Existing).unwrap();
+        assert!(p.contains("2 -> 3"), "{p}");
+        assert!(
+            instance_problem(&inst("online", Some(11), 2), Some(&base), Start::Existing).is_some()
+        );
+    }
+
+    #[test]
+    fn pid_files_reveal_a_replaced_or_dead_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("api-0.pid");
+        let me = std::process::id();
+        std::fs::write(&file, me.to_string()).unwrap();
+        let mut w = BTreeMap::new();
+        w.insert(0, watched(Some(me), 0, Some(file.clone())));
+        assert_eq!(pid_change(&w), None);
+        std::fs::write(&file, "4194000").unwrap();
+        assert!(pid_change(&w).unwrap().contains("replaced"));
+        std::fs::remove_file(&file).unwrap();
+        assert!(pid_change(&w).unwrap().contains("gone"));
+    }
+
+    #[test]
+    fn reasons_say_when() {
+        let r = crash_reason(None, Duration::from_millis(300), "x");
+        assert!(r.starts_with("crashed at start (0.3s"), "{r}");
+        let r = crash_reason(
+            Some(Duration::from_millis(200)),
+            Duration::from_millis(1700),
+            "x",
+        );
+        assert!(
+            r.starts_with("restarted after 1.7s (1.5s after it first answered)"),
+            "{r}"
+        );
+    }
+}
