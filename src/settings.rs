@@ -451,6 +451,20 @@ mod tests {
         assert!(parse(&MINIMAL.replace("[health]\n", "[health]\ntimeout = \"soon\"\n")).is_err());
     }
 
+    #[test]
+    fn the_shipped_example_config_is_valid() {
+        let example = include_str!("../guard.toml.example");
+        let dir = tempfile::tempdir().unwrap();
+        let text = example.replace(
+            "/var/www/onai-integrator-login-main/backend",
+            &dir.path().display().to_string(),
+        );
+        let s = parse(&text).unwrap();
+        assert_eq!(s.app.name, "onai-backend");
+        assert_eq!(s.backup.files.len(), 3);
+        assert_eq!(s.deploy_command.as_deref(), Some("git pull --ff-only"));
+    }
+
     proptest::proptest! {
         #[test]
         fn arbitrary_text_never_panics(text in "\\PC{0,200}") {
