@@ -52,6 +52,16 @@ pub enum Kind {
     PreRollback,
 }
 
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Kind::Manual => "manual",
+            Kind::PreDeploy => "pre-deploy",
+            Kind::PreRollback => "pre-rollback",
+        })
+    }
+}
+
 impl Kind {
     /// Whether the snapshot records a state that ran before a change, so `latest` may pick it.
     pub fn restorable_as_latest(self) -> bool {

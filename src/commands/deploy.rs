@@ -43,13 +43,21 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &DeployArgs) -> Result<Done> {
     let done = deploy_after_backup(ctx, args, &pm2, &prober, &id, step_cmd).await;
     let done = match done {
         Ok(done) => done,
-        // An error after the backup: the state may be half-changed, say where the backup is.
+        // An error after the backup: the state may be half-changed and is not verified, which
+        // is exit 4 whatever the error was; say where the backup is.
         Err(e) => {
-            let msg = format!("{e:#}");
-            record(ctx, &id, "deploy", ExitStatus::NeedsHuman, &msg);
-            return Err(e.context(format!(
-                "deploy stopped after backup; restore with `guard rollback --incident {id}`"
-            )));
+            ctx.printer.step(
+                "deploy",
+                StepState::Failed,
+                Duration::ZERO,
+                format!("{e:#}"),
+            );
+            Done::new(
+                ExitStatus::NeedsHuman,
+                format!(
+                    "deploy stopped by an error after the backup ({e:#}); the service is NOT verified healthy: check `guard health`, restore with `guard rollback --incident {id}`"
+                ),
+            )
         }
     };
     record(ctx, &id, "deploy", done.status, &done.summary);

@@ -25,10 +25,7 @@ pub async fn list(ctx: &mut Ctx<'_>) -> Result<Done> {
             .unwrap_or_else(|| "-".into());
         match &l.manifest {
             Ok(m) => {
-                let kind = serde_json::to_value(m.kind)
-                    .ok()
-                    .and_then(|v| v.as_str().map(String::from))
-                    .unwrap_or_default();
+                let kind = m.kind.to_string();
                 let commit = m
                     .git
                     .as_ref()

@@ -1,6 +1,6 @@
 //! `guard rollback --incident ID|latest`, and the restore that deploy uses to undo itself.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
@@ -39,7 +39,7 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &RollbackArgs) -> Result<Done> {
         StepState::Ok,
         t.elapsed(),
         format!(
-            "incident {id}{picked}: {:?} taken {} ({}), {} file(s) verified by sha256",
+            "incident {id}{picked}: {} taken {} ({}), {} file(s) verified by sha256",
             target.manifest.kind,
             target.manifest.created_at,
             target.manifest.reason,
@@ -54,8 +54,23 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &RollbackArgs) -> Result<Done> {
         false,
     )
     .await?;
-    let verdict = restore_and_restart(ctx, &pm2, &prober, &target).await?;
     ctx.printer.set_incident(&id);
+    let verdict = match restore_and_restart(ctx, &pm2, &prober, &target).await {
+        Ok(v) => v,
+        Err(e) => {
+            ctx.printer.step(
+                "rollback",
+                StepState::Failed,
+                Duration::ZERO,
+                format!("{e:#}"),
+            );
+            let summary = format!(
+                "rollback to incident {id} stopped by an error ({e:#}); the service is NOT verified healthy; the state before is in incident {before}"
+            );
+            record(ctx, &before, "rollback", ExitStatus::NeedsHuman, &summary);
+            return Ok(Done::new(ExitStatus::NeedsHuman, summary));
+        }
+    };
     let (status, summary) = if verdict.healthy {
         (
             ExitStatus::Success,

@@ -202,3 +202,21 @@ fn no_rollback_leaves_the_failure_for_a_human_with_exit_4() {
     );
     assert_eq!(app.version(), None, "v2 still answers 500");
 }
+
+#[test]
+fn an_error_after_the_backup_is_exit_4_and_names_the_incident() {
+    let app = App::new();
+    app.start_v1();
+    // A deploy step that wrecks the work tree and fails: the restore cannot put the code back.
+    let run = app.guard(&["deploy", "--", "sh", "-c", "rm -rf .git; exit 1"]);
+    run.expect(4);
+    let id = app.incidents().pop().unwrap();
+    assert!(
+        run.stdout.contains(&format!("guard rollback --incident {id}")),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("not a git work tree"), "{}", run.stdout);
+    let outcome = std::fs::read_to_string(app.incident_dir(&id).join("outcome.json")).unwrap();
+    assert!(outcome.contains("\"exit_code\": 4"), "{outcome}");
+}
