@@ -206,12 +206,18 @@ pub async fn verify(
                         None => None,
                     };
                     if let Some(reason) = failed {
-                        // A refused or reset connection is often a process dying: give the pid
-                        // watch a moment, so the verdict names the crash rather than its symptom.
+                        // A refused or reset connection is often a process dying: look at the
+                        // pid files for up to 200 ms, so the verdict names the crash rather than
+                        // its symptom.
+                        let mut change = pid_change(&watched);
                         if matches!(outcome, Outcome::NotListening(_)) {
-                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            for _ in 0..10 {
+                                if change.is_some() { break; }
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                                change = pid_change(&watched);
+                            }
                         }
-                        if let Some(change) = pid_change(&watched) {
+                        if let Some(change) = change {
                             let (reason, now) = confirm_crash(pm2, &watched, change, t0, ready_at, start).await;
                             return Ok(fail(ready_at, reason, probes, &last, now.unwrap_or(instances)));
                         }

@@ -212,7 +212,8 @@ fn an_error_after_the_backup_is_exit_4_and_names_the_incident() {
     run.expect(4);
     let id = app.incidents().pop().unwrap();
     assert!(
-        run.stdout.contains(&format!("guard rollback --incident {id}")),
+        run.stdout
+            .contains(&format!("guard rollback --incident {id}")),
         "{}",
         run.stdout
     );
