@@ -40,16 +40,28 @@ pub fn host() -> String {
         .unwrap_or_else(|| "unknown-host".into())
 }
 
-/// The user name, from $USER or else the uid.
+/// The user name of the real uid (from the password database), else $USER, else the uid.
 pub fn user() -> String {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::getuid() };
+    // SAFETY: an all-zero passwd is a valid value to be overwritten by getpwuid_r.
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    let mut buf = vec![0 as libc::c_char; 4096];
+    // SAFETY: getpwuid_r writes into `pw` and `buf`, both valid for the sizes given; `result`
+    // is null or points at `pw`, whose `pw_name` then points into `buf`, alive below.
+    let rc = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut result) };
+    if rc == 0 && !result.is_null() && !pw.pw_name.is_null() {
+        // SAFETY: pw_name is a NUL-terminated string inside `buf`.
+        let name = unsafe { std::ffi::CStr::from_ptr(pw.pw_name) };
+        if let Ok(name) = name.to_str() {
+            return name.to_string();
+        }
+    }
     std::env::var("USER")
         .ok()
         .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| {
-            // SAFETY: getuid has no preconditions and cannot fail.
-            let uid = unsafe { libc::getuid() };
-            format!("uid {uid}")
-        })
+        .unwrap_or_else(|| format!("uid {uid}"))
 }
 
 /// Now as RFC 3339 in UTC, to the millisecond.

@@ -206,9 +206,15 @@ impl Printer {
 
     /// Report an error that ended the command: `error:` and its causes on stderr, and the JSON document.
     pub fn error(&mut self, err: &anyhow::Error, status: ExitStatus) {
-        let mut chain = err
-            .chain()
-            .map(|c| sanitize(&self.redactor.redact(&c.to_string())));
+        // Messages may span lines (a TOML error points at the line); keep the breaks, indented.
+        let mut chain = err.chain().map(|c| {
+            self.redactor
+                .redact(&c.to_string())
+                .lines()
+                .map(sanitize)
+                .collect::<Vec<_>>()
+                .join("\n  ")
+        });
         let first = chain.next().unwrap_or_default();
         let mut text = format!("error: {first}");
         for cause in chain {
