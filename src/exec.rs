@@ -104,6 +104,84 @@ pub async fn run(mut cmd: Command, shown: &str, limit: Duration) -> Result<Outpu
     })
 }
 
+/// Like [`run`], but every line the child prints (stdout or stderr) is handed to `on_line` as
+/// it arrives, for a long deploy step the operator should see progress of.
+pub async fn run_streaming(
+    mut cmd: Command,
+    shown: &str,
+    limit: Duration,
+    mut on_line: impl FnMut(&str),
+) -> Result<Output> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot run `{shown}`"))?;
+    let mut killer = GroupKiller(child.id().and_then(|p| i32::try_from(p).ok()));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(bool, String)>();
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(pump(out, false, tx.clone()));
+    }
+    if let Some(err) = child.stderr.take() {
+        tokio::spawn(pump(err, true, tx.clone()));
+    }
+    drop(tx);
+    let work = async {
+        let (mut stdout, mut stderr) = (String::new(), String::new());
+        // Ends when both pipes are closed.
+        while let Some((is_err, line)) = rx.recv().await {
+            on_line(&line);
+            let buf = if is_err { &mut stderr } else { &mut stdout };
+            buf.push_str(&line);
+            buf.push('\n');
+        }
+        let status = child.wait().await;
+        (status, stdout, stderr)
+    };
+    let (status, stdout, stderr) = match tokio::time::timeout(limit, work).await {
+        Ok((status, out, err)) => (
+            status.with_context(|| format!("waiting for `{shown}`"))?,
+            out,
+            err,
+        ),
+        Err(_) => bail!(
+            "`{shown}` did not finish within {}",
+            humantime::format_duration(limit)
+        ),
+    };
+    killer.0 = None;
+    Ok(Output {
+        code: status.code(),
+        stdout,
+        stderr,
+    })
+}
+
+/// Forward a pipe line by line (lossy UTF-8, so odd bytes cannot stop the reading and block
+/// the child on a full pipe).
+async fn pump(
+    reader: impl tokio::io::AsyncRead + Unpin,
+    is_err: bool,
+    tx: tokio::sync::mpsc::UnboundedSender<(bool, String)>,
+) {
+    use tokio::io::AsyncBufReadExt;
+    let mut reader = tokio::io::BufReader::new(reader);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                let line = String::from_utf8_lossy(&buf);
+                let _ = tx.send((is_err, line.trim_end_matches(['\n', '\r']).to_string()));
+            }
+        }
+    }
+}
+
 /// Like [`run`], but a non-zero exit is an error carrying the command line and its last output lines.
 pub async fn run_ok(cmd: Command, shown: &str, limit: Duration) -> Result<Output> {
     let out = run(cmd, shown, limit).await?;
@@ -140,6 +218,23 @@ mod tests {
             .unwrap_err();
         assert!(start.elapsed() < Duration::from_secs(2));
         assert!(err.to_string().contains("sleep 5"), "{err}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn streaming_hands_over_every_line_and_captures_them() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo one; echo two >&2; printf 'three'"]);
+        let mut seen = Vec::new();
+        let out = run_streaming(cmd, "sh", Duration::from_secs(5), |l| {
+            seen.push(l.to_string())
+        })
+        .await
+        .unwrap();
+        seen.sort();
+        assert_eq!(seen, ["one", "three", "two"]);
+        assert!(out.success());
+        assert_eq!(out.stdout, "one\nthree\n");
+        assert_eq!(out.stderr, "two\n");
     }
 
     #[tokio::test(flavor = "current_thread")]

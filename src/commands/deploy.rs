@@ -231,31 +231,22 @@ async fn deploy_step(ctx: &mut Ctx<'_>, step_cmd: StepCmd) -> std::result::Resul
     };
     cmd.current_dir(&ctx.settings.app.dir);
     let cancel = ctx.cancel.clone();
+    // Its output is shown as it comes (masked, indented), so a long `npm ci` is visibly alive.
+    let printer = &*ctx.printer;
     let result = tokio::select! {
-        r = exec::run(cmd, &shown, DEPLOY_STEP_LIMIT) => r,
+        r = exec::run_streaming(cmd, &shown, DEPLOY_STEP_LIMIT, |line| printer.detail(line)) => r,
         _ = cancel.cancelled() => Err(anyhow::anyhow!("stopped by signal {}", cancel.signal().unwrap_or(libc::SIGINT))),
     };
     match result {
         Ok(out) if out.success() => {
             ctx.printer
                 .step("deploy step", StepState::Ok, t.elapsed(), &shown);
-            for line in out
-                .stdout
-                .lines()
-                .chain(out.stderr.lines())
-                .filter(|l| !l.trim().is_empty())
-            {
-                tracing::info!("deploy step: {}", ctx.printer.redactor().redact(line));
-            }
             Ok(())
         }
         Ok(out) => {
             let why = format!("`{shown}` failed ({})", out.describe_exit());
             ctx.printer
                 .step("deploy step", StepState::Failed, t.elapsed(), &why);
-            for line in out.tail(10).lines() {
-                ctx.printer.detail(line);
-            }
             Err(why)
         }
         Err(e) => {

@@ -173,17 +173,31 @@ fn failed_deploy_step_restores_files_and_leaves_the_running_app_alone() {
     let pid_before = app.processes()[0].0;
     let head = app.head();
     let env_before = app.read("env.env");
-    let run = app.guard(&[
-        "deploy",
-        "--",
-        "sh",
-        "-c",
-        "echo 'PORT=1' > env.env; git commit -qam x --allow-empty -m x 2>/dev/null; exit 7",
-    ]);
+    // A half-done step: it changes the env file, moves HEAD, prints a secret, then fails.
+    let step = format!(
+        "echo 'PORT=1' > env.env; git -c user.email=x@guard.invalid -c user.name=x commit -q --allow-empty -m half; echo 'uploading to {SECRET_DSN}'; exit 7"
+    );
+    let run = app.guard(&["deploy", "--", "sh", "-c", &step]);
     run.expect(3);
     assert!(run.stdout.contains("exit 7"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("uploading to ***"),
+        "the step's output is shown, masked: {}",
+        run.stdout
+    );
+    assert!(!run.all().contains(SECRET_DSN));
     assert_eq!(app.read("env.env"), env_before, "the env file is back");
-    assert_eq!(app.head(), head);
+    let reflog = std::process::Command::new("git")
+        .arg("-C")
+        .arg(&app.dir)
+        .args(["reflog", "--format=%gs"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&reflog.stdout).contains("commit: half"),
+        "the step did move HEAD"
+    );
+    assert_eq!(app.head(), head, "and HEAD is back");
     assert_eq!(app.processes()[0].0, pid_before);
     assert_eq!(app.version().as_deref(), Some("v1"));
 }
