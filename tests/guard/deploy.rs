@@ -24,6 +24,7 @@ fn first_deploy_starts_the_app_and_a_good_release_replaces_it() {
     let steps: Vec<&str> = run
         .stdout
         .lines()
+        .filter(|l| ["ok ", "warn", "FAIL"].iter().any(|w| l.starts_with(w)))
         .filter_map(|l| l.get(6..18))
         .map(str::trim)
         .collect();
