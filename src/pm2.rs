@@ -180,12 +180,14 @@ impl Pm2 {
         Ok(list)
     }
 
-    /// Remove the app from PM2 (stopping it); a no-op when PM2 does not know it.
-    pub async fn delete(&self) -> Result<()> {
+    /// Remove the app from PM2 (stopping it); a no-op when PM2 does not know it. Returns
+    /// whether PM2 knew it.
+    pub async fn delete(&self) -> Result<bool> {
         if self.instances().await?.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
-        self.call(&["delete", &self.name]).await.map(drop)
+        self.call(&["delete", &self.name]).await?;
+        Ok(true)
     }
 
     /// Start the app from its ecosystem file, so every ecosystem and env value takes effect.
@@ -197,9 +199,11 @@ impl Pm2 {
     }
 
     /// Delete and start: the one restart that picks up changed ecosystem, env and script values.
-    pub async fn restart(&self, ecosystem: &Path) -> Result<()> {
-        self.delete().await?;
-        self.start(ecosystem).await
+    /// Returns false when this was the app's first start (PM2 did not know it).
+    pub async fn restart(&self, ecosystem: &Path) -> Result<bool> {
+        let known = self.delete().await?;
+        self.start(ecosystem).await?;
+        Ok(known)
     }
 
     /// `pm2 save`: make PM2's dump (what comes back after a reboot) match what runs.

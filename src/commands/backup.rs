@@ -104,7 +104,14 @@ pub async fn take(
         git_commit: git_commit.clone(),
         processes,
     })?;
-    let pruned = ctx.store.prune(ctx.settings.backup.keep, &id)?;
+    // The snapshot is safe on disk; failing to prune old ones must not stop a deploy.
+    let pruned = ctx
+        .store
+        .prune(ctx.settings.backup.keep, &id)
+        .unwrap_or_else(|e| {
+            tracing::warn!("retention (backup.keep): {e:#}");
+            Vec::new()
+        });
     let mut detail = format!(
         "incident {id}: {} file(s){}{}, {running} process(es) online",
         ctx.settings.backup.files.len() - skipped.len(),

@@ -137,10 +137,9 @@ async fn deploy_after_backup(
     }
 
     let t = Instant::now();
-    let first = pm2.instances().await.map(|l| l.is_empty()).unwrap_or(true);
     let verdict = match pm2.restart(&ctx.settings.app.ecosystem).await {
-        Ok(()) => {
-            let how = if first {
+        Ok(known) => {
+            let how = if !known {
                 "first start from the ecosystem"
             } else {
                 "pm2 delete + start"

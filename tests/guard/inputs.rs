@@ -194,3 +194,26 @@ fn a_manifest_that_points_outside_the_incident_is_refused() {
         "not a path guard stores",
     );
 }
+
+#[test]
+fn scripts_get_a_json_document_and_quiet_gets_one_line_even_on_refusal() {
+    let app = App::new();
+    let run = app.guard(&["--json", "rollback", "--incident", "20200101-000000"]);
+    run.expect(2);
+    let doc = run.json();
+    assert_eq!(doc["exit_code"], 2);
+    assert_eq!(doc["verdict"], "usage error");
+    assert!(
+        doc["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no incident 20200101-000000"),
+        "{doc}"
+    );
+    assert!(run.stderr.contains("error: no incident"), "{}", run.stderr);
+
+    let run = app.guard(&["-q", "deploy"]);
+    run.expect(0);
+    assert_eq!(run.stdout.lines().count(), 1, "{}", run.stdout);
+    assert!(run.stdout.starts_with("success:"), "{}", run.stdout);
+}
