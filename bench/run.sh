@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Benchmark: the incident report's manual procedure against `guard deploy`, side by side on the
-# demo app under a private PM2 daemon, for five releases; then guard's own CPU and peak RSS
-# across a deploy with stable_for = 10s. Prints a Markdown table (the one in the README).
+# Benchmarks, each printing a Markdown table (the ones in the README):
+#   bench/run.sh            both
+#   bench/run.sh verdicts   the incident report's manual procedure vs `guard deploy`, five releases
+#   bench/run.sh tree       whole-tree snapshots and restores on a 27,000-file, 500 MB tree,
+#                           vs `cp -a` and Capistrano-style release folders
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked --quiet
 npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
-exec node bench/verdicts.mjs "$@"
+what=${1:-all}
+if [ "$what" = all ] || [ "$what" = verdicts ]; then node bench/verdicts.mjs; fi
+if [ "$what" = all ] || [ "$what" = tree ]; then node bench/tree.mjs; fi

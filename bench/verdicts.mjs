@@ -50,25 +50,14 @@ const releases = [
 
 async function main() {
   const port = await freePort();
-  const origin = path.join(root, 'origin.git');
   const upstream = path.join(root, 'upstream');
   const app = path.join(root, 'app');
-  sh(`git init -q --bare -b main ${origin} && git clone -q ${origin} ${upstream} 2>/dev/null`);
-  sh(`cp -R ${repo}/examples/demo/app/. ${upstream}/ && rm ${upstream}/env.env.example`);
-  git(upstream, 'checkout -q -b main');
-  git(upstream, 'add -A');
-  git(upstream, 'commit -qm v1');
-  git(upstream, 'push -q origin main');
-  sh(`git clone -q ${origin} ${app}`);
-  fs.writeFileSync(path.join(app, 'env.env'), `PORT=${port}\nSENTRY_DSN=https://bench-key@sentry.invalid/1\n`);
+  // The one fixture the demo and the tests use (examples/fixture.sh), with this bench's window.
+  execFileSync('bash', [path.join(repo, 'examples/fixture.sh'), 'demo', root, String(port), pm2], {
+    env: { ...env, STABLE_FOR: '10s', DEADLINE: '30s', TIMEOUT: '2s', INTERVAL: '250ms' },
+  });
   const v1 = git(app, 'rev-parse HEAD').trim();
   const config = path.join(root, 'guard.toml');
-  fs.writeFileSync(
-    config,
-    `[app]\nname = "demo-backend"\ndir = "app"\n[backup]\ndir = "backups"\nfiles = ["ecosystem.config.js", "env.env", "package.json"]\n` +
-      `[deploy]\ncommand = "git pull --ff-only"\n[health]\nurl = "http://127.0.0.1:${port}/health"\n` +
-      `timeout = "2s"\ndeadline = "30s"\nstable_for = "10s"\n[pm2]\nbin = "${pm2}"\nhome = "pm2"\n`,
-  );
 
   async function resetToV1() {
     git(app, `reset -q --hard ${v1}`);
@@ -118,7 +107,7 @@ async function main() {
     const v = g.doc.data.verdict;
     // Measured like the seed's: from the start of the restart to the verdict.
     const restartStep = g.doc.steps.find((st) => st.name === 'restart');
-    const fromRestart = (restartStep.duration_ms + v.elapsed) / 1000;
+    const fromRestart = (restartStep.duration_ms + v.elapsed_ms) / 1000;
     const gHealthy = v.healthy;
     let detectMs = null;
     if (rel.json.mode === 'crash-later') {
@@ -128,7 +117,7 @@ async function main() {
     }
     const back = g.doc.data.rollback;
     const backSecs = back && back.ready_at_ms ? (back.ready_at_ms - v.decided_at_ms) / 1000 : null;
-    const overhead = gHealthy && v.ready_after != null ? (v.elapsed - v.ready_after - 10_000) / 1000 : null;
+    const overhead = gHealthy && v.ready_after_ms != null ? (v.elapsed_ms - v.ready_after_ms - 10_000) / 1000 : null;
     rows.push({ rel, ver, s, seedServes, g, guardServes, gHealthy, v, fromRestart, detectMs, backSecs, overhead });
     if (rel.healthy) goodRun = g;
   }
@@ -152,7 +141,7 @@ async function main() {
     if (!r.rel.healthy && r.guardServes === 'v1') guardRestored++;
     lines.push(
       `| ${r.ver}: ${r.rel.name} | ${r.s.secs.toFixed(1)} s | ${word(r.s.healthy)} (${ok(r.s.healthy, r.rel.healthy)}) | ${r.seedServes} ` +
-        `| ${r.fromRestart.toFixed(2)} s | ${word(r.gHealthy)} (${ok(r.gHealthy, r.rel.healthy)}): ${r.v.reason.replace(/\|/g, '/').replace(/ \(.*$/, '').slice(0, 60)} | ${r.g.code} | ${r.guardServes} |`,
+        `| ${r.fromRestart.toFixed(2)} s | ${word(r.gHealthy)} (${ok(r.gHealthy, r.rel.healthy)}): ${r.v.message.replace(/\|/g, '/').replace(/ \(.*$/, '').slice(0, 60)} | ${r.g.code} | ${r.guardServes} |`,
     );
   }
   lines.push('');
@@ -165,7 +154,7 @@ async function main() {
   }
   const good = rows.find((r) => r.rel.healthy);
   if (good && good.overhead != null) {
-    lines.push(`- Good release: verdict ${(good.v.elapsed / 1000).toFixed(2)} s after verification started = ready after ${(good.v.ready_after / 1000).toFixed(2)} s + stable_for 10 s + ${good.overhead.toFixed(2)} s.`);
+    lines.push(`- Good release: verdict ${(good.v.elapsed_ms / 1000).toFixed(2)} s after verification started = ready after ${(good.v.ready_after_ms / 1000).toFixed(2)} s + stable_for 10 s + ${good.overhead.toFixed(2)} s.`);
   }
   if (goodRun) {
     lines.push(`- guard's own resources over the whole good deploy (${goodRun.wall.toFixed(1)} s wall, 10 s stability window): CPU ${goodRun.rusage.cpu_s.toFixed(3)} s, peak RSS ${(goodRun.rusage.max_rss_kb / 1024).toFixed(1)} MiB (getrusage RUSAGE_SELF); the pm2 and git commands it ran used ${goodRun.rusage.children_cpu_s.toFixed(2)} s CPU.`);

@@ -2,7 +2,8 @@
 # guard's main job on the bundled demo app, start to finish, under a private PM2 daemon:
 # a first deploy, a good release, then a release that crashes at start, which guard rolls
 # back on its own. Everything lives in a temporary folder that is removed at the end, and
-# the private PM2 daemon is stopped, whatever happens.
+# the private PM2 daemon is stopped, whatever happens. Exits non-zero if any step does not
+# end with the exit code it should (scripts/test.sh runs it as a smoke test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
@@ -24,66 +25,53 @@ trap cleanup EXIT
 port=$(node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')
 git_q() { git -c user.email=demo@guard.invalid -c user.name=guard-demo "$@"; }
 
-# An upstream repository with release v1, and the server's checkout of it.
-git init -q --bare -b main "$demo/origin.git"
-git clone -q "$demo/origin.git" "$demo/upstream" 2>/dev/null
-cp -R examples/demo/app/. "$demo/upstream/"
-rm "$demo/upstream/env.env.example"
-(cd "$demo/upstream" && git checkout -q -b main && git add -A && git_q commit -qm "release v1" && git push -q origin main)
-git clone -q "$demo/origin.git" "$demo/app"
-sed "s/^PORT=.*/PORT=$port/" examples/demo/app/env.env.example > "$demo/app/env.env"
-
-cat > "$demo/guard.toml" <<TOML
-[app]
-name = "demo-backend"
-dir = "app"
-[backup]
-dir = "backups"
-files = ["ecosystem.config.js", "env.env", "package.json"]
-[deploy]
-command = "git pull --ff-only"
-[health]
-url = "http://127.0.0.1:$port/health"
-stable_for = "3s"
-deadline = "20s"
-[pm2]
-bin = "$pm2"
-home = "pm2"
-TOML
+# An upstream repository with release v1, the server's checkout of it, env.env, guard.toml:
+# the same fixture the tests and the benchmark use.
+STABLE_FOR=3s examples/fixture.sh demo "$demo" "$port" "$pm2"
 export GUARD_CONFIG="$demo/guard.toml"
 
 release() {
   (cd "$demo/upstream" && printf '{ "version": "%s", "mode": "%s" }\n' "$1" "$2" > release.json \
     && git_q commit -qam "release $1 ($2)" && git push -q origin main)
 }
+failed=0
 run() {
+  local want=$1; shift
   echo
   echo "\$ guard $*"
   set +e; "$guard" "$@"; code=$?; set -e
   echo "(exit code $code)"
+  if [ "$code" != "$want" ]; then
+    echo "demo: expected exit $want from 'guard $*', got $code" >&2
+    failed=1
+  fi
 }
 serving() { echo "now serving: $(curl -s "http://127.0.0.1:$port/health" || echo 'nothing')"; }
 
 echo
 echo "==> 1. first deploy of release v1 (the app is not in PM2 yet)"
-run deploy
+run 0 deploy
 serving
 
 echo
 echo "==> 2. release v2 is good"
 release v2 good
-run deploy
+run 0 deploy
 serving
 
 echo
 echo "==> 3. release v3 crashes at start: guard sees it, rolls back on its own, exits 3"
 release v3 crash-at-start
-run deploy
+run 3 deploy
 serving
 
 echo
 echo "==> 4. the status block and the incidents guard keeps"
-run health
-run list
+run 0 health
+run 0 list
 echo
+if [ "$failed" != 0 ]; then
+  echo "demo FAILED: a step did not end as it should (see above)" >&2
+  exit 1
+fi
 echo "demo done: the private PM2 daemon is stopped and $demo removed"

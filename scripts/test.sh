@@ -22,4 +22,8 @@ echo "==> cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 
 echo "==> cargo test"
-cargo test --locked
+cargo test --locked -- --test-threads=4
+
+echo "==> smoke run of the README's demo (scripts/demo.sh)"
+scripts/demo.sh > target/demo.log 2>&1 || { cat target/demo.log; echo "error: scripts/demo.sh failed" >&2; exit 1; }
+echo "demo ok"

@@ -143,3 +143,18 @@ pub fn summary(artifacts: &[Artifact]) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+/// Whether a path of the app tree (relative) is an artifact the clean rules remove: inside a
+/// `clean.paths` entry, or a top-level file matching `clean.globs`. Restores leave these out,
+/// so a rollback never brings a stale build back into a restart.
+pub fn is_artifact(settings: &Settings, rel: &Path, is_dir: bool) -> bool {
+    if settings.clean.paths.iter().any(|p| rel.starts_with(p)) {
+        return true;
+    }
+    let top_level = rel.components().count() == 1;
+    top_level
+        && !is_dir
+        && rel
+            .to_str()
+            .is_some_and(|name| settings.clean.globs.iter().any(|g| g.matches(name)))
+}

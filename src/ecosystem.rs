@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use tokio::process::Command;
 
-use crate::exec;
+use crate::runner;
 
 const EVAL: &str = "const c = require(process.argv[1]); \
 const apps = Array.isArray(c) ? c : (c && c.apps ? [].concat(c.apps) : []); \
@@ -24,17 +24,18 @@ pub async fn check(ecosystem: &Path, app: &str) -> Result<bool> {
         return Ok(false);
     }
     let eco = ecosystem.to_string_lossy();
-    let shown = exec::display("node", &["-e", "<load ecosystem>", &eco]);
+    let shown = runner::display("node", &["-e", "<load ecosystem>", &eco]);
     let mut cmd = Command::new("node");
     cmd.args(["-e", EVAL, &eco]);
     if let Some(dir) = ecosystem.parent() {
         cmd.current_dir(dir);
     }
-    let out = exec::run(cmd, &shown, Duration::from_secs(20)).await?;
+    let out = runner::run(cmd, &shown, Duration::from_secs(20), None).await?;
     if !out.success() {
         bail!("{} does not load: {}", ecosystem.display(), out.tail(3));
     }
-    let names: Vec<Option<String>> = serde_json::from_str(out.stdout.trim()).unwrap_or_default();
+    let names: Vec<Option<String>> =
+        serde_json::from_str(out.stdout_text().trim()).unwrap_or_default();
     if !names.iter().flatten().any(|n| n == app) {
         bail!("{} declares no app named {app:?}", ecosystem.display());
     }

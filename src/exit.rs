@@ -1,4 +1,5 @@
-//! Exit codes: the contract that deploy scripts and on-call people rely on.
+//! Exit codes: the contract that deploy scripts and on-call people rely on, and the one pure
+//! function that decides which code a run ends with.
 
 use std::fmt;
 
@@ -52,6 +53,52 @@ impl fmt::Display for ExitStatus {
     }
 }
 
+/// What happened in a run, as far as the exit code cares. Commands report one of these and
+/// [`decide`] turns it into the code; no command picks a number itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Happened {
+    /// What was asked for is done and, where it changed something, verified healthy.
+    Done,
+    /// A read-only check found a problem (unhealthy app, artifacts present); nothing changed.
+    CheckFailed,
+    /// A change failed and what ran before was put back. `healthy` is whether the previous
+    /// version was then proven healthy; `signal` is set when a signal caused the failure.
+    PutBack {
+        /// The previous version answers healthy again, by the verification rules.
+        healthy: bool,
+        /// The SIGINT/SIGTERM that stopped the run, if one did.
+        signal: Option<i32>,
+    },
+    /// Something was changed and is not verified healthy: a failure left as is
+    /// (`--no-rollback`), an error part-way, or a rollback that did not verify.
+    LeftUnverified,
+    /// Stopped by a signal before anything was changed.
+    StoppedUnchanged {
+        /// The signal.
+        signal: i32,
+    },
+}
+
+/// The exit status of a run from what happened: the whole exit-code contract in one place.
+pub fn decide(happened: Happened) -> ExitStatus {
+    match happened {
+        Happened::Done => ExitStatus::Success,
+        Happened::CheckFailed => ExitStatus::Failure,
+        Happened::PutBack {
+            healthy: true,
+            signal: Some(sig),
+        } => ExitStatus::Interrupted(sig),
+        Happened::PutBack {
+            healthy: true,
+            signal: None,
+        } => ExitStatus::RolledBack,
+        Happened::PutBack { healthy: false, .. } | Happened::LeftUnverified => {
+            ExitStatus::NeedsHuman
+        }
+        Happened::StoppedUnchanged { signal } => ExitStatus::Interrupted(signal),
+    }
+}
+
 /// An error whose exit code is not 1: bad input (2) or a held lock (5).
 #[derive(Debug, thiserror::Error)]
 pub enum TypedError {
@@ -85,27 +132,87 @@ mod tests {
     use super::*;
     use anyhow::Context;
 
+    /// One row per line of the README's exit-code table.
     #[test]
-    fn codes_are_the_documented_contract() {
-        assert_eq!(ExitStatus::Success.code(), 0);
-        assert_eq!(ExitStatus::Failure.code(), 1);
-        assert_eq!(ExitStatus::Usage.code(), 2);
-        assert_eq!(ExitStatus::RolledBack.code(), 3);
-        assert_eq!(ExitStatus::NeedsHuman.code(), 4);
-        assert_eq!(ExitStatus::LockHeld.code(), 5);
-        assert_eq!(ExitStatus::Interrupted(2).code(), 130);
-        assert_eq!(ExitStatus::Interrupted(15).code(), 143);
+    fn every_row_of_the_exit_code_table() {
+        let sigint = libc::SIGINT;
+        let sigterm = libc::SIGTERM;
+        let rows: [(Happened, i32); 9] = [
+            // 0: success, verified
+            (Happened::Done, 0),
+            // 1: failed (unhealthy, artifacts found, a step failed) without a change
+            (Happened::CheckFailed, 1),
+            // 3: deploy failed and the previous version is verified healthy
+            (
+                Happened::PutBack {
+                    healthy: true,
+                    signal: None,
+                },
+                3,
+            ),
+            // 4: put back but not healthy
+            (
+                Happened::PutBack {
+                    healthy: false,
+                    signal: None,
+                },
+                4,
+            ),
+            // 4: even when a signal caused it
+            (
+                Happened::PutBack {
+                    healthy: false,
+                    signal: Some(sigterm),
+                },
+                4,
+            ),
+            // 4: left as is (--no-rollback), an error part-way, an unverified rollback
+            (Happened::LeftUnverified, 4),
+            // 130 / 143: stopped by a signal after putting things back healthy
+            (
+                Happened::PutBack {
+                    healthy: true,
+                    signal: Some(sigint),
+                },
+                130,
+            ),
+            (
+                Happened::PutBack {
+                    healthy: true,
+                    signal: Some(sigterm),
+                },
+                143,
+            ),
+            // 130: stopped before anything changed
+            (Happened::StoppedUnchanged { signal: sigint }, 130),
+        ];
+        for (happened, code) in rows {
+            assert_eq!(decide(happened).code(), code, "{happened:?}");
+        }
     }
 
+    /// Rows 2 and 5 come from typed errors, whatever context is added on the way up.
     #[test]
-    fn typed_errors_survive_added_context() {
+    fn usage_and_lock_rows_come_from_typed_errors() {
         let err = Err::<(), _>(usage("bad id"))
             .context("rolling back")
             .unwrap_err();
-        assert_eq!(status_of(&err), ExitStatus::Usage);
-        let err = anyhow::anyhow!("disk full").context("writing");
-        assert_eq!(status_of(&err), ExitStatus::Failure);
+        assert_eq!(status_of(&err).code(), 2);
         let err: anyhow::Error = TypedError::LockHeld("held".into()).into();
-        assert_eq!(status_of(&err), ExitStatus::LockHeld);
+        assert_eq!(status_of(&err.context("deploying")).code(), 5);
+        let err = anyhow::anyhow!("disk full").context("writing");
+        assert_eq!(status_of(&err).code(), 1);
+    }
+
+    #[test]
+    fn never_success_after_a_put_back() {
+        for healthy in [true, false] {
+            for signal in [None, Some(libc::SIGINT), Some(libc::SIGTERM)] {
+                assert_ne!(
+                    decide(Happened::PutBack { healthy, signal }),
+                    ExitStatus::Success
+                );
+            }
+        }
     }
 }

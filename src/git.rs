@@ -4,10 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use tokio::process::Command;
 
-use crate::exec;
+use crate::runner;
 
 const CALL_LIMIT: Duration = Duration::from_secs(120);
 
@@ -29,22 +29,22 @@ impl Git {
         }
     }
 
-    async fn call_raw(&self, args: &[&str]) -> Result<exec::Output> {
+    async fn call_raw(&self, args: &[&str]) -> Result<runner::Output> {
         let shown = format!(
             "git -C {} {}",
             self.dir.display(),
-            exec::display("", args).trim_start()
+            runner::display("", args).trim_start()
         );
         let mut cmd = Command::new("git");
         cmd.arg("-C")
             .arg(&self.dir)
             .args(args)
             .env("GIT_TERMINAL_PROMPT", "0");
-        exec::run_ok(cmd, &shown, CALL_LIMIT).await
+        runner::run_ok(cmd, &shown, CALL_LIMIT).await
     }
 
     async fn call(&self, args: &[&str]) -> Result<String> {
-        Ok(self.call_raw(args).await?.stdout)
+        Ok(self.call_raw(args).await?.stdout_text())
     }
 
     /// The commit checked out.
@@ -61,27 +61,6 @@ impl Git {
             .to_string())
     }
 
-    /// Uncommitted changes to tracked files (staged and not), as a binary patch; empty when clean.
-    pub async fn diff(&self) -> Result<Vec<u8>> {
-        let mut cmd = Command::new("git");
-        let args = ["diff", "--binary", "HEAD"];
-        cmd.arg("-C").arg(&self.dir).args(args);
-        let shown = format!("git -C {} diff --binary HEAD", self.dir.display());
-        // Read as bytes: a binary patch is not UTF-8.
-        cmd.stdin(std::process::Stdio::null());
-        let out = tokio::time::timeout(CALL_LIMIT, cmd.output())
-            .await
-            .with_context(|| format!("`{shown}` timed out"))?
-            .with_context(|| format!("cannot run `{shown}`"))?;
-        if !out.status.success() {
-            anyhow::bail!(
-                "`{shown}` failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(out.stdout)
-    }
-
     /// Whether `commit` exists in the repository.
     pub async fn has_commit(&self, commit: &str) -> bool {
         self.call(&["cat-file", "-e", &format!("{commit}^{{commit}}")])
@@ -96,7 +75,15 @@ impl Git {
             .map(drop)
     }
 
-    /// Apply a patch taken by [`Git::diff`].
+    /// Move HEAD and the index to `commit` without touching the work tree (`git reset
+    /// --mixed`): after a tree restore the files are already right.
+    pub async fn reset_index(&self, commit: &str) -> Result<()> {
+        self.call(&["reset", "--mixed", "--quiet", commit])
+            .await
+            .map(drop)
+    }
+
+    /// Apply a format-1 patch of uncommitted changes.
     pub async fn apply(&self, patch: &Path) -> Result<()> {
         let p = patch.to_string_lossy();
         self.call(&["apply", "--binary", "--whitespace=nowarn", &p])

@@ -7,20 +7,23 @@ mod cli;
 mod commands;
 mod ecosystem;
 mod evidence;
-mod exec;
 mod exit;
 mod git;
-mod health;
-mod incident;
 mod lock;
+mod ops;
 mod origin;
 mod output;
 mod pm2;
+mod probe;
 mod redact;
 mod resources;
+mod runner;
 mod settings;
 mod signals;
+mod store;
+mod verdict;
 mod verify;
+mod watch;
 
 use clap::Parser;
 

@@ -44,9 +44,14 @@ pub struct Step {
     pub duration_ms: u64,
 }
 
+/// The version of the `--json` document's shape; raised when a field changes meaning or goes.
+pub const SCHEMA: u32 = 1;
+
 /// The outcome document of one command.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// The shape version of this document ([`SCHEMA`]).
+    pub schema: u32,
     /// The subcommand.
     pub command: String,
     /// The PM2 app name, when the config was read.
@@ -86,6 +91,7 @@ impl Printer {
             color,
             redactor: Redactor::default(),
             report: Report {
+                schema: SCHEMA,
                 command: command.to_string(),
                 app: None,
                 steps: Vec::new(),
@@ -118,9 +124,10 @@ impl Printer {
         self.report.incident = Some(id.to_string());
     }
 
-    /// Attach command-specific data to the JSON document.
-    pub fn set_data(&mut self, data: serde_json::Value) {
-        self.report.data = data;
+    /// Attach command-specific data (a `Serialize` type of `report`) to the JSON document.
+    pub fn set_data(&mut self, data: &impl Serialize) {
+        self.report.data = serde_json::to_value(data)
+            .unwrap_or_else(|e| serde_json::json!({ "error": format!("serialising data: {e}") }));
     }
 
     /// Record and show a finished step.
@@ -175,7 +182,7 @@ impl Printer {
             Mode::Json => {
                 let doc = serde_json::to_string_pretty(&self.report)
                     .unwrap_or_else(|e| format!("{{\"error\":\"serialising report: {e}\"}}"));
-                out(&doc);
+                out(&self.redactor.redact(&doc));
             }
             Mode::Human | Mode::Quiet => {
                 if !summary.is_empty() {
@@ -226,7 +233,7 @@ impl Printer {
             self.report.exit_code = status.code();
             self.report.reason = Some(self.redactor.redact(&format!("{err:#}")));
             let doc = serde_json::to_string_pretty(&self.report).unwrap_or_default();
-            out(&doc);
+            out(&self.redactor.redact(&doc));
         }
     }
 

@@ -8,8 +8,8 @@ use anyhow::{Context, Result};
 use serde::Deserialize;
 use tokio::process::Command;
 
-use crate::exec;
 use crate::exit::usage;
+use crate::runner;
 use crate::settings::Settings;
 
 const CALL_LIMIT: Duration = Duration::from_secs(60);
@@ -146,14 +146,14 @@ impl Pm2 {
             .is_some_and(pid_alive)
     }
 
-    async fn call(&self, args: &[&str]) -> Result<exec::Output> {
-        let shown = exec::display(&self.bin.to_string_lossy(), args);
+    async fn call(&self, args: &[&str]) -> Result<runner::Output> {
+        let shown = runner::display(&self.bin.to_string_lossy(), args);
         let mut cmd = Command::new(&self.bin);
         cmd.args(args)
             .env("PM2_HOME", &self.home)
             .current_dir(&self.app_dir);
         tracing::debug!(command = %shown, "pm2");
-        exec::run_ok(
+        runner::run_ok(
             cmd,
             &format!("PM2_HOME={} {shown}", self.home.display()),
             CALL_LIMIT,
@@ -164,7 +164,7 @@ impl Pm2 {
     /// Every process PM2 knows.
     pub async fn jlist(&self) -> Result<Vec<Instance>> {
         let out = self.call(&["jlist"]).await?;
-        parse_jlist(&out.stdout)
+        parse_jlist(&out.stdout_text())
             .with_context(|| format!("reading `pm2 jlist` (PM2_HOME={})", self.home.display()))
     }
 

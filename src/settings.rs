@@ -27,7 +27,7 @@ pub struct Settings {
     /// How health is probed and judged.
     pub health: Health,
     /// How PM2 is reached.
-    pub pm2: Pm2,
+    pub pm2: Pm2Config,
 }
 
 /// `[app]`
@@ -46,8 +46,13 @@ pub struct App {
 pub struct Backup {
     /// The folder that holds incidents, the lock and the audit log (absolute).
     pub dir: PathBuf,
-    /// Files to snapshot, relative to the app dir.
+    /// Files that must exist before a deploy (relative to the app dir); the env files among
+    /// them are where secret values are learned from. Snapshots hold the whole tree.
     pub files: Vec<PathBuf>,
+    /// Paths left out of snapshots and never touched by a restore.
+    pub exclude: crate::store::tree::Excludes,
+    /// The exclude patterns as written, recorded in manifests.
+    pub exclude_patterns: Vec<String>,
     /// How many incidents retention keeps.
     pub keep: usize,
 }
@@ -80,7 +85,7 @@ pub struct Health {
 
 /// `[pm2]`
 #[derive(Debug, Clone)]
-pub struct Pm2 {
+pub struct Pm2Config {
     /// The pm2 executable: a name looked up on PATH or a path.
     pub bin: PathBuf,
     /// PM2_HOME.
@@ -117,6 +122,8 @@ struct RawBackup {
     dir: Option<PathBuf>,
     files: Option<Vec<PathBuf>>,
     keep: Option<usize>,
+    #[serde(default)]
+    exclude: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -262,6 +269,7 @@ fn resolve(raw: RawConfig, base: &Path, path: &Path) -> std::result::Result<Sett
         .iter()
         .map(|f| relative_path("backup.files", f))
         .collect::<Result<Vec<_>, _>>()?;
+    let exclude = crate::store::tree::Excludes::new(&raw.backup.exclude)?;
     let keep = raw.backup.keep.unwrap_or(DEFAULT_KEEP);
     if keep == 0 {
         return Err("backup.keep must be at least 1".into());
@@ -331,6 +339,8 @@ fn resolve(raw: RawConfig, base: &Path, path: &Path) -> std::result::Result<Sett
         backup: Backup {
             dir: backup_dir,
             files,
+            exclude,
+            exclude_patterns: raw.backup.exclude.clone(),
             keep,
         },
         clean: Clean { paths, globs },
@@ -343,7 +353,7 @@ fn resolve(raw: RawConfig, base: &Path, path: &Path) -> std::result::Result<Sett
             interval: h.interval,
             expect_body: h.expect_body.clone(),
         },
-        pm2: Pm2 {
+        pm2: Pm2Config {
             bin: pm2_bin,
             home: pm2_home,
         },
@@ -463,6 +473,18 @@ mod tests {
         assert_eq!(s.app.name, "onai-backend");
         assert_eq!(s.backup.files.len(), 3);
         assert_eq!(s.deploy_command.as_deref(), Some("git pull --ff-only"));
+    }
+
+    #[test]
+    fn exclude_patterns_are_checked() {
+        let s = parse(&format!(
+            "{MINIMAL}[backup]\nexclude = [\"logs/\", \"*.log\"]\n"
+        ))
+        .unwrap();
+        assert!(s.backup.exclude.excluded(Path::new("logs"), true));
+        let err = parse(&format!("{MINIMAL}[backup]\nexclude = [\"../up\"]\n")).unwrap_err();
+        assert_eq!(crate::exit::status_of(&err), crate::exit::ExitStatus::Usage);
+        assert!(format!("{err:#}").contains("backup.exclude"), "{err:#}");
     }
 
     proptest::proptest! {

@@ -3,23 +3,30 @@
 use std::time::Instant;
 
 use anyhow::Result;
+use serde::Serialize;
 
-use super::{Ctx, Done};
-use crate::clean;
+use super::Done;
+use crate::clean::{self, Artifact};
 use crate::cli::CleanArgs;
-use crate::exit::ExitStatus;
+use crate::exit::Happened;
+use crate::ops::{self, Ctx};
 use crate::output::StepState;
+
+/// `--json` data of `guard clean`.
+#[derive(Serialize)]
+struct CleanData<'a> {
+    artifacts: &'a [Artifact],
+}
 
 /// Run `guard clean`.
 pub async fn run(ctx: &mut Ctx<'_>, args: &CleanArgs) -> Result<Done> {
     let t = Instant::now();
     let found = clean::find(&ctx.settings)?;
-    ctx.printer
-        .set_data(serde_json::json!({ "artifacts": found }));
+    ctx.printer.set_data(&CleanData { artifacts: &found });
     if found.is_empty() {
         ctx.printer
             .step("clean", StepState::Ok, t.elapsed(), "no artifacts");
-        return Ok(Done::new(ExitStatus::Success, "clean"));
+        return Ok(Done::new(Happened::Done, "clean"));
     }
     let list = clean::summary(&found);
     if args.check {
@@ -30,7 +37,7 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &CleanArgs) -> Result<Done> {
             format!("artifacts found: {list}"),
         );
         return Ok(Done::new(
-            ExitStatus::Failure,
+            Happened::CheckFailed,
             format!(
                 "artifacts present in {}: {list}",
                 ctx.settings.app.dir.display()
@@ -45,36 +52,11 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &CleanArgs) -> Result<Done> {
             format!("would remove: {list}"),
         );
         return Ok(Done::new(
-            ExitStatus::Success,
+            Happened::Done,
             format!("dry run: would remove {list}"),
         ));
     }
-    let _lock = ctx.lock()?;
-    clean::remove(&ctx.settings.app.dir, &found)?;
-    ctx.printer.step(
-        "clean",
-        StepState::Ok,
-        t.elapsed(),
-        format!("removed {list}"),
-    );
-    Ok(Done::new(ExitStatus::Success, format!("removed {list}")))
-}
-
-/// The clean step of deploy: remove what is there and say so. Returns the line shown.
-pub fn clean_step(ctx: &mut Ctx<'_>, name: &str) -> Result<()> {
-    let t = Instant::now();
-    let found = clean::find(&ctx.settings)?;
-    if found.is_empty() {
-        ctx.printer
-            .step(name, StepState::Ok, t.elapsed(), "no artifacts");
-    } else {
-        clean::remove(&ctx.settings.app.dir, &found)?;
-        ctx.printer.step(
-            name,
-            StepState::Warn,
-            t.elapsed(),
-            format!("removed {}", clean::summary(&found)),
-        );
-    }
-    Ok(())
+    let _lock = ops::lock(ctx)?;
+    ops::clean_step(ctx, "clean")?;
+    Ok(Done::new(Happened::Done, format!("removed {list}")))
 }

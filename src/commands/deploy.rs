@@ -1,33 +1,44 @@
-//! `guard deploy`: back up, clean, run the deploy step, clean again, restart through PM2,
-//! verify, and roll back on its own when the new version is not healthy.
+//! `guard deploy`: back up, clean, run the deploy step, clean again, check the ecosystem,
+//! restart through PM2, verify, and roll back on its own when the new version is not healthy.
 
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use serde::Serialize;
 use tokio::process::Command;
 
-use super::rollback::{record, restore_and_restart, restore_files, save_step, verify_step};
-use super::{Ctx, Done};
+use super::Done;
 use crate::cli::DeployArgs;
 use crate::ecosystem;
-use crate::evidence;
-use crate::exec;
-use crate::exit::{ExitStatus, usage};
-use crate::health::Prober;
-use crate::incident::Kind;
+use crate::exit::{Happened, usage};
+use crate::ops::{self, Ctx, Tools, restart, restore, snapshot};
 use crate::output::StepState;
-use crate::pm2::Pm2;
-use crate::verify::Verdict;
+use crate::runner;
+use crate::store::Kind;
+use crate::verdict::Verdict;
+use crate::watch::Start;
 
 /// A deploy step that runs longer than this is stopped and counts as failed.
 const DEPLOY_STEP_LIMIT: Duration = Duration::from_secs(3600);
 
+/// `--json` data of `guard deploy`.
+#[derive(Serialize, Default)]
+struct DeployData {
+    /// The commit (or tree fingerprint) before the deploy.
+    before: Option<String>,
+    /// The commit in place after the deploy step (what was deployed).
+    deployed: Option<String>,
+    /// The new release's verdict.
+    verdict: Option<Verdict>,
+    /// The verdict of the previous version after the rollback, if there was one.
+    rollback: Option<Verdict>,
+}
+
 /// `guard deploy`.
 pub async fn run(ctx: &mut Ctx<'_>, args: &DeployArgs) -> Result<Done> {
     // Everything that can be wrong with the input is found before anything changes.
-    let pm2 = Pm2::new(&ctx.settings)?;
-    let prober = Prober::new(&ctx.settings.health)?;
-    super::backup::check_files(ctx)?;
+    let tools = ctx.tools()?;
+    ops::check_files(ctx)?;
     // A clean path that resolves outside app.dir is refused here, before the backup.
     crate::clean::find(&ctx.settings)?;
     if !ctx.settings.app.ecosystem.is_file() {
@@ -37,11 +48,15 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &DeployArgs) -> Result<Done> {
         )));
     }
     let step_cmd = deploy_command(ctx, args);
-    let _lock = ctx.lock()?;
+    let _lock = ops::lock(ctx)?;
 
-    let id = super::backup::take(ctx, &pm2, Kind::PreDeploy, "deploy", true).await?;
-    let done = deploy_after_backup(ctx, args, &pm2, &prober, &id, step_cmd).await;
-    let done = match done {
+    let taken = snapshot::take(ctx, &tools, Kind::PreDeploy, "deploy", &[]).await?;
+    let id = taken.id.clone();
+    let mut data = DeployData {
+        before: taken.fingerprint.clone(),
+        ..DeployData::default()
+    };
+    let done = match after_backup(ctx, args, &tools, &id, step_cmd, &mut data).await {
         Ok(done) => done,
         // An error after the backup: the state may be half-changed and is not verified, which
         // is exit 4 whatever the error was; say where the backup is.
@@ -53,14 +68,23 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &DeployArgs) -> Result<Done> {
                 format!("{e:#}"),
             );
             Done::new(
-                ExitStatus::NeedsHuman,
+                Happened::LeftUnverified,
                 format!(
                     "deploy stopped by an error after the backup ({e:#}); the service is NOT verified healthy: check `guard health`, restore with `guard rollback --incident {id}`"
                 ),
             )
         }
     };
-    record(ctx, &id, "deploy", done.status, &done.summary);
+    ctx.printer.set_data(&data);
+    ops::record(
+        ctx,
+        &id,
+        "deploy",
+        crate::exit::decide(done.happened),
+        &done.summary,
+        data.before.clone(),
+        data.deployed.clone(),
+    );
     Ok(done)
 }
 
@@ -80,47 +104,43 @@ fn deploy_command(ctx: &Ctx<'_>, args: &DeployArgs) -> StepCmd {
     }
 }
 
-async fn deploy_after_backup(
+async fn after_backup(
     ctx: &mut Ctx<'_>,
     args: &DeployArgs,
-    pm2: &Pm2,
-    prober: &Prober,
+    tools: &Tools,
     id: &str,
     step_cmd: StepCmd,
+    data: &mut DeployData,
 ) -> Result<Done> {
-    super::clean::clean_step(ctx, "clean")?;
-    if let Some(sig) = ctx.cancel.signal() {
+    ops::clean_step(ctx, "clean")?;
+    if let Some(signal) = ctx.cancel.signal() {
         return Ok(Done::new(
-            ExitStatus::Interrupted(sig),
-            format!("stopped by signal {sig} before the deploy step; nothing deployed"),
+            Happened::StoppedUnchanged { signal },
+            format!("stopped by signal {signal} before the deploy step; nothing deployed"),
         ));
     }
 
     // The deploy step. Nothing has been restarted yet, so a failure only needs the files back.
     if let Err(why) = deploy_step(ctx, step_cmd).await {
-        return undo_before_restart(ctx, pm2, prober, id, &why).await;
+        return undo_before_restart(ctx, tools, id, &why).await;
     }
-    super::clean::clean_step(ctx, "clean again")?;
+    data.deployed = ops::current_commit(ctx).await.or(data.before.clone());
+    ops::clean_step(ctx, "clean again")?;
 
     let t = Instant::now();
     match ecosystem::check(&ctx.settings.app.ecosystem, &ctx.settings.app.name).await {
-        Ok(checked) => {
-            let detail = if checked {
-                "loads and declares the app"
-            } else {
-                "not checked: node not on PATH"
-            };
-            ctx.printer.step(
-                "ecosystem",
-                if checked {
-                    StepState::Ok
-                } else {
-                    StepState::Warn
-                },
-                t.elapsed(),
-                detail,
-            );
-        }
+        Ok(true) => ctx.printer.step(
+            "ecosystem",
+            StepState::Ok,
+            t.elapsed(),
+            "loads and declares the app",
+        ),
+        Ok(false) => ctx.printer.step(
+            "ecosystem",
+            StepState::Warn,
+            t.elapsed(),
+            "not checked: node not on PATH",
+        ),
         Err(e) => {
             ctx.printer.step(
                 "ecosystem",
@@ -128,79 +148,62 @@ async fn deploy_after_backup(
                 t.elapsed(),
                 format!("{e:#}"),
             );
-            return undo_before_restart(ctx, pm2, prober, id, &format!("{e:#}")).await;
+            return undo_before_restart(ctx, tools, id, &format!("{e:#}")).await;
         }
     }
     if let Some(sig) = ctx.cancel.signal() {
-        return undo_before_restart(ctx, pm2, prober, id, &format!("stopped by signal {sig}"))
-            .await;
+        return undo_before_restart(ctx, tools, id, &format!("stopped by signal {sig}")).await;
     }
 
-    let t = Instant::now();
-    let verdict = match pm2.restart(&ctx.settings.app.ecosystem).await {
-        Ok(known) => {
-            let how = if !known {
-                "first start from the ecosystem"
-            } else {
-                "pm2 delete + start"
-            };
-            ctx.printer.step(
-                "restart",
-                StepState::Ok,
-                t.elapsed(),
-                format!("{how} {}", ctx.settings.app.name),
-            );
+    let verdict = match restart::restart(ctx, tools).await {
+        Ok(()) => {
             let cancel = ctx.cancel.clone();
-            verify_step(ctx, pm2, prober, &cancel).await?
+            restart::verify_step(ctx, tools, Start::Fresh, &cancel).await?
         }
-        Err(e) => {
-            ctx.printer
-                .step("restart", StepState::Failed, t.elapsed(), format!("{e:#}"));
-            Verdict::not_started(format!("restart failed: {e:#}"), t.elapsed())
-        }
+        Err(v) => v,
     };
-    ctx.printer
-        .set_data(serde_json::json!({ "verdict": verdict }));
+    data.verdict = Some(verdict.clone());
     if verdict.healthy {
-        save_step(ctx, pm2).await;
+        restart::save_step(ctx, tools).await;
         return Ok(Done::new(
-            ExitStatus::Success,
+            Happened::Done,
             format!("deployed and verified healthy (backup: incident {id})"),
         ));
     }
 
-    save_evidence(ctx, id, &verdict);
+    ops::save_evidence(ctx, id, &verdict);
     let interrupted = ctx.cancel.signal();
     if args.no_rollback && interrupted.is_none() {
         return Ok(Done::new(
-            ExitStatus::NeedsHuman,
+            Happened::LeftUnverified,
             format!(
                 "deploy failed ({}); not rolled back (--no-rollback): restore with `guard rollback --incident {id}`",
-                verdict.reason
+                verdict.message
             ),
         ));
     }
     let target = ctx.store.verify(id)?;
-    let back = restore_and_restart(ctx, pm2, prober, &target).await?;
-    ctx.printer
-        .set_data(serde_json::json!({ "verdict": verdict, "rollback": back }));
-    let status = match (back.healthy, interrupted) {
-        (true, Some(sig)) => ExitStatus::Interrupted(sig),
-        (true, None) => ExitStatus::RolledBack,
-        (false, _) => ExitStatus::NeedsHuman,
-    };
-    let summary = if back.healthy {
+    let back = restore::restore_and_restart(ctx, tools, &target).await?;
+    let healthy = back.healthy;
+    let summary = if healthy {
         format!(
             "deploy failed ({}); rolled back to incident {id}, previous version healthy",
-            verdict.reason
+            verdict.message
         )
     } else {
         format!(
             "deploy failed ({}) and the rollback to incident {id} is NOT healthy ({}): a human must act",
-            verdict.reason, back.reason
+            verdict.message, back.message
         )
     };
-    Ok(Done::new(status, summary))
+    data.rollback = Some(back);
+    Ok(Done::new(
+        Happened::PutBack {
+            healthy,
+            signal: interrupted,
+        },
+        summary,
+    ))
 }
 
 /// Run the deploy step in app.dir; Err carries why it failed.
@@ -225,15 +228,16 @@ async fn deploy_step(ctx: &mut Ctx<'_>, step_cmd: StepCmd) -> std::result::Resul
             let mut cmd = Command::new(&argv[0]);
             cmd.args(&argv[1..]);
             let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
-            (cmd, exec::display(refs[0], &refs[1..]))
+            (cmd, runner::display(refs[0], &refs[1..]))
         }
     };
     cmd.current_dir(&ctx.settings.app.dir);
     let cancel = ctx.cancel.clone();
     // Its output is shown as it comes (masked, indented), so a long `npm ci` is visibly alive.
     let printer = &*ctx.printer;
+    let mut show = |line: &str| printer.detail(line);
     let result = tokio::select! {
-        r = exec::run_streaming(cmd, &shown, DEPLOY_STEP_LIMIT, |line| printer.detail(line)) => r,
+        r = runner::run(cmd, &shown, DEPLOY_STEP_LIMIT, Some(&mut show)) => r,
         _ = cancel.cancelled() => Err(anyhow::anyhow!("stopped by signal {}", cancel.signal().unwrap_or(libc::SIGINT))),
     };
     match result {
@@ -257,42 +261,17 @@ async fn deploy_step(ctx: &mut Ctx<'_>, step_cmd: StepCmd) -> std::result::Resul
     }
 }
 
-/// Before any restart: put files and code back, leave the running process alone, and check it.
+/// Before any restart: put the whole tree back (a half-built dist/ included), leave the
+/// running process alone, and check it.
 async fn undo_before_restart(
     ctx: &mut Ctx<'_>,
-    pm2: &Pm2,
-    prober: &Prober,
+    tools: &Tools,
     id: &str,
     why: &str,
 ) -> Result<Done> {
     let target = ctx.store.verify(id)?;
-    restore_files(ctx, &target).await?;
-    let t = Instant::now();
-    let probe = prober.probe().await;
-    let instances = pm2.instances().await.unwrap_or_default();
-    let online = !instances.is_empty() && instances.iter().all(|i| i.status == "online");
-    let healthy = online && probe.outcome.passed();
-    let detail = format!(
-        "running version untouched: {} instance(s) {}, {}",
-        instances.len(),
-        if online { "online" } else { "NOT online" },
-        probe.outcome
-    );
-    ctx.printer.step(
-        "check",
-        if healthy {
-            StepState::Ok
-        } else {
-            StepState::Failed
-        },
-        t.elapsed(),
-        detail,
-    );
-    let status = match (healthy, ctx.cancel.signal()) {
-        (true, Some(sig)) => ExitStatus::Interrupted(sig),
-        (true, None) => ExitStatus::RolledBack,
-        (false, _) => ExitStatus::NeedsHuman,
-    };
+    restore::put_back(ctx, &target).await?;
+    let healthy = restart::check_running(ctx, tools).await;
     let summary = if healthy {
         format!(
             "deploy failed before the restart ({why}); files and code restored from incident {id}, running version healthy"
@@ -302,27 +281,11 @@ async fn undo_before_restart(
             "deploy failed before the restart ({why}); files restored from incident {id}, but the running app is NOT healthy"
         )
     };
-    Ok(Done::new(status, summary))
-}
-
-fn save_evidence(ctx: &mut Ctx<'_>, id: &str, verdict: &Verdict) {
-    let tails = evidence::collect(&verdict.instances, ctx.printer.redactor());
-    for tail in &tails {
-        match ctx.store.save_evidence(id, &tail.name, &tail.text) {
-            Ok(path) => tracing::info!("saved {}", path.display()),
-            Err(e) => tracing::warn!("saving log evidence: {e:#}"),
-        }
-    }
-    if let Some(err) = tails
-        .iter()
-        .find(|t| t.name.ends_with("-error.log") && !t.text.trim().is_empty())
-    {
-        ctx.printer.detail(format!(
-            "from {} (tail saved in incident {id}, logs/):",
-            err.name
-        ));
-        for line in evidence::excerpt(&err.text, 6) {
-            ctx.printer.detail(format!("  {line}"));
-        }
-    }
+    Ok(Done::new(
+        Happened::PutBack {
+            healthy,
+            signal: ctx.cancel.signal(),
+        },
+        summary,
+    ))
 }

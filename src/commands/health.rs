@@ -3,44 +3,72 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use serde_json::json;
+use serde::Serialize;
 
-use super::{Ctx, Done};
-use crate::clean;
+use super::Done;
+use crate::clean::{self, Artifact};
 use crate::cli::HealthArgs;
-use crate::exit::ExitStatus;
-use crate::health::Prober;
-use crate::output::{StepState, fmt_duration};
-use crate::pm2::Pm2;
+use crate::exit::Happened;
+use crate::ops::{Ctx, restart};
+use crate::output::fmt_duration;
+use crate::pm2::Instance;
+use crate::probe::ProbeOutcome;
 use crate::resources;
-use crate::verify::{self, Start};
+use crate::verdict::Verdict;
+use crate::watch::Start;
+
+/// `--json` data of `guard health --wait`.
+#[derive(Serialize)]
+struct WaitData {
+    verdict: Verdict,
+}
+
+/// One instance in `--json`.
+#[derive(Serialize)]
+struct InstanceData<'a> {
+    instance: &'a Instance,
+    uptime: String,
+    memory_bytes: u64,
+    cpu_percent: f32,
+}
+
+/// The probe in `--json`.
+#[derive(Serialize)]
+struct HealthProbe<'a> {
+    url: String,
+    outcome: &'a ProbeOutcome,
+    status: Option<u16>,
+    passed: bool,
+    latency_ms: u64,
+}
+
+/// `--json` data of `guard health`.
+#[derive(Serialize)]
+struct HealthData<'a> {
+    pm2_daemon_running: bool,
+    instances: Vec<InstanceData<'a>>,
+    health: HealthProbe<'a>,
+    artifacts: &'a [Artifact],
+    incidents: usize,
+    newest_incident: Option<&'a String>,
+    healthy: bool,
+}
 
 /// `guard health`.
 pub async fn run(ctx: &mut Ctx<'_>, args: &HealthArgs) -> Result<Done> {
-    let pm2 = Pm2::new(&ctx.settings)?;
-    let prober = Prober::new(&ctx.settings.health)?;
+    let tools = ctx.tools()?;
+    let (pm2, prober) = (&tools.pm2, &tools.prober);
     if args.wait {
-        let v = verify::verify(
-            &pm2,
-            &prober,
-            &ctx.settings.health,
-            Start::Existing,
-            &ctx.cancel,
-        )
-        .await?;
-        let state = if v.healthy {
-            StepState::Ok
+        let cancel = ctx.cancel.clone();
+        let v = restart::verify_step(ctx, &tools, Start::Existing, &cancel).await?;
+        let happened = if v.healthy {
+            Happened::Done
         } else {
-            StepState::Failed
+            Happened::CheckFailed
         };
-        ctx.printer.step("verify", state, v.elapsed, &v.reason);
-        ctx.printer.set_data(json!({ "verdict": v }));
-        let status = if v.healthy {
-            ExitStatus::Success
-        } else {
-            ExitStatus::Failure
-        };
-        return Ok(Done::new(status, v.reason));
+        let summary = v.message.clone();
+        ctx.printer.set_data(&WaitData { verdict: v });
+        return Ok(Done::new(happened, summary));
     }
 
     let daemon = pm2.daemon_running();
@@ -91,7 +119,12 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &HealthArgs) -> Result<Done> {
             u.memory_bytes as f64 / 1_048_576.0,
             u.cpu_percent
         ));
-        inst_json.push(json!({ "instance": i, "uptime": uptime, "memory_bytes": u.memory_bytes, "cpu_percent": u.cpu_percent }));
+        inst_json.push(InstanceData {
+            instance: i,
+            uptime,
+            memory_bytes: u.memory_bytes,
+            cpu_percent: u.cpu_percent,
+        });
     }
     p.line(format!(
         "health     {} in {}ms ({})",
@@ -128,15 +161,21 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &HealthArgs) -> Result<Done> {
 
     let online = !instances.is_empty() && instances.iter().all(|i| i.status == "online");
     let healthy = online && probe.outcome.passed();
-    ctx.printer.set_data(json!({
-        "pm2_daemon_running": daemon,
-        "instances": inst_json,
-        "health": { "url": prober.url().as_str(), "outcome": probe.outcome.to_string(), "status": probe.outcome.status(), "passed": probe.outcome.passed(), "latency_ms": probe.latency.as_millis() as u64 },
-        "artifacts": artifacts,
-        "incidents": incidents.len(),
-        "newest_incident": newest.as_ref().map(|(id, _)| id),
-        "healthy": healthy,
-    }));
+    ctx.printer.set_data(&HealthData {
+        pm2_daemon_running: daemon,
+        instances: inst_json,
+        health: HealthProbe {
+            url: prober.url().to_string(),
+            outcome: &probe.outcome,
+            status: probe.outcome.status(),
+            passed: probe.outcome.passed(),
+            latency_ms: crate::verdict::ms(probe.latency),
+        },
+        artifacts: &artifacts,
+        incidents: incidents.len(),
+        newest_incident: newest.as_ref().map(|(id, _)| id),
+        healthy,
+    });
     let summary = if healthy {
         format!("{} instance(s) online, {}", instances.len(), probe.outcome)
     } else if !daemon {
@@ -154,13 +193,13 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &HealthArgs) -> Result<Done> {
         let states: Vec<&str> = instances.iter().map(|i| i.status.as_str()).collect();
         format!("PM2 status {}; {}", states.join(","), probe.outcome)
     };
-    let status = if healthy {
-        ExitStatus::Success
+    let happened = if healthy {
+        Happened::Done
     } else {
-        ExitStatus::Failure
+        Happened::CheckFailed
     };
     Ok(Done::new(
-        status,
+        happened,
         if healthy {
             format!("healthy: {summary}")
         } else {

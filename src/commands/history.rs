@@ -1,63 +1,22 @@
-//! `guard list` (the incidents) and `guard history` (the audit log).
+//! `guard history`: the audit log of runs that changed something.
 
 use anyhow::Result;
-use serde_json::json;
+use serde::Serialize;
 
-use super::{Ctx, Done};
-use crate::audit;
+use super::Done;
+use crate::audit::{self, Entry};
 use crate::cli::HistoryArgs;
-use crate::exit::ExitStatus;
+use crate::exit::Happened;
+use crate::ops::Ctx;
 
-/// `guard list`: incidents, newest first.
-pub async fn list(ctx: &mut Ctx<'_>) -> Result<Done> {
-    let incidents = ctx.store.list()?;
-    let mut rows = Vec::new();
-    ctx.printer.line(format!(
-        "{:<20} {:<24} {:<12} {:<13} {:<14} {:>9}  reason",
-        "id", "time", "kind", "commit", "outcome", "size"
-    ));
-    for l in &incidents {
-        let size = l.size();
-        let outcome = l
-            .outcome
-            .as_ref()
-            .map(|o| o.verdict.clone())
-            .unwrap_or_else(|| "-".into());
-        match &l.manifest {
-            Ok(m) => {
-                let kind = m.kind.to_string();
-                let commit = m
-                    .git
-                    .as_ref()
-                    .map(|g| g.commit[..g.commit.len().min(12)].to_string())
-                    .unwrap_or_else(|| "-".into());
-                ctx.printer.line(format!(
-                    "{:<20} {:<24} {:<12} {:<13} {:<14} {:>9}  {}",
-                    l.id, m.created_at, kind, commit, outcome, size, m.reason
-                ));
-                rows.push(json!({ "id": l.id, "time": m.created_at, "kind": m.kind, "reason": m.reason,
-                    "commit": m.git.as_ref().map(|g| &g.commit), "outcome": l.outcome, "size_bytes": size }));
-            }
-            Err(e) => {
-                ctx.printer.line(format!("{:<20} BROKEN: {e}", l.id));
-                rows.push(json!({ "id": l.id, "broken": e, "size_bytes": size }));
-            }
-        }
-    }
-    ctx.printer
-        .set_data(json!({ "backup_dir": ctx.store.dir(), "incidents": rows }));
-    Ok(Done::new(
-        ExitStatus::Success,
-        format!(
-            "{} incident(s) in {}",
-            incidents.len(),
-            ctx.store.dir().display()
-        ),
-    ))
+/// `--json` data of `guard history`.
+#[derive(Serialize)]
+struct HistoryData<'a> {
+    entries: &'a [Entry],
 }
 
-/// `guard history`: the audit log, oldest first.
-pub async fn history(ctx: &mut Ctx<'_>, args: &HistoryArgs) -> Result<Done> {
+/// `guard history`: the newest entries, oldest first.
+pub async fn run(ctx: &mut Ctx<'_>, args: &HistoryArgs) -> Result<Done> {
     let entries = audit::read(ctx.store.dir(), args.limit)?;
     for e in &entries {
         ctx.printer.line(format!(
@@ -74,9 +33,9 @@ pub async fn history(ctx: &mut Ctx<'_>, args: &HistoryArgs) -> Result<Done> {
                 .unwrap_or_default()
         ));
     }
-    ctx.printer.set_data(json!({ "entries": entries }));
+    ctx.printer.set_data(&HistoryData { entries: &entries });
     Ok(Done::new(
-        ExitStatus::Success,
+        Happened::Done,
         format!(
             "{} entr(ies) from {}",
             entries.len(),

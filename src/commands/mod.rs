@@ -1,77 +1,41 @@
-//! One module per subcommand, and what they share: the context and the final report.
+//! One module per subcommand. Each only sequences steps of the operations layer (`ops`);
+//! none imports another.
 
 pub mod backup;
 pub mod clean;
 pub mod deploy;
 pub mod health;
 pub mod history;
+pub mod list;
 pub mod rollback;
-
-use std::time::Instant;
-
-use anyhow::Result;
 
 use crate::audit;
 use crate::cli::{Cli, Command};
-use crate::exit::{ExitStatus, status_of};
-use crate::incident::Store;
-use crate::lock::Lock;
+use crate::exit::{ExitStatus, Happened, decide, status_of};
+use crate::ops::Ctx;
 use crate::origin::Origin;
-use crate::output::{Printer, StepState};
+use crate::output::Printer;
 use crate::redact::Redactor;
 use crate::settings::Settings;
 use crate::signals::Cancel;
+use crate::store::Store;
 
-/// What a command shares: settings, printer, the stop signal, who runs it.
-pub struct Ctx<'a> {
-    /// Validated settings.
-    pub settings: Settings,
-    /// The one printer.
-    pub printer: &'a mut Printer,
-    /// Set when SIGINT/SIGTERM arrives.
-    pub cancel: Cancel,
-    /// This run.
-    pub origin: Origin,
-    /// The incident store.
-    pub store: Store,
-}
-
-/// How a command ended.
+/// How a command ended: what happened (which decides the exit code) and one line for the
+/// operator.
 pub struct Done {
-    /// Exit status.
-    pub status: ExitStatus,
+    /// What happened.
+    pub happened: Happened,
     /// One line for the operator.
     pub summary: String,
 }
 
 impl Done {
     /// Shorthand.
-    pub fn new(status: ExitStatus, summary: impl Into<String>) -> Done {
+    pub fn new(happened: Happened, summary: impl Into<String>) -> Done {
         Done {
-            status,
+            happened,
             summary: summary.into(),
         }
-    }
-}
-
-impl Ctx<'_> {
-    /// Create backup.dir if needed and take the app's lock (exit 5 if held).
-    pub fn lock(&mut self) -> Result<Lock> {
-        self.store.ensure()?;
-        let t = Instant::now();
-        let lock = Lock::acquire(self.store.dir(), &self.settings.app.name)?;
-        if let Some(dead) = &lock.taken_over {
-            self.printer.step(
-                "lock",
-                StepState::Warn,
-                t.elapsed(),
-                format!(
-                    "took over the lock of a run that died: pid {} on {}, started {}",
-                    dead.pid, dead.host, dead.started_at
-                ),
-            );
-        }
-        Ok(lock)
     }
 }
 
@@ -115,11 +79,14 @@ pub async fn run(cli: Cli, printer: &mut Printer, cancel: Cancel) -> ExitStatus 
         Command::Deploy(a) => deploy::run(&mut ctx, a).await,
         Command::Health(a) => health::run(&mut ctx, a).await,
         Command::Rollback(a) => rollback::run(&mut ctx, a).await,
-        Command::List => history::list(&mut ctx).await,
-        Command::History(a) => history::history(&mut ctx, a).await,
+        Command::List => list::run(&mut ctx).await,
+        Command::History(a) => history::run(&mut ctx, a).await,
     };
     let (status, report) = match result {
-        Ok(done) => (done.status, ctx.printer.finish(done.status, &done.summary)),
+        Ok(done) => {
+            let status = decide(done.happened);
+            (status, ctx.printer.finish(status, &done.summary))
+        }
         Err(e) => {
             let status = status_of(&e);
             ctx.printer.error(&e, status);

@@ -5,13 +5,19 @@ use std::os::unix::fs::PermissionsExt;
 use crate::support::{App, SECRET_DSN};
 
 #[test]
-fn backup_snapshots_files_dump_commit_and_uncommitted_changes() {
+fn backup_snapshots_the_whole_tree_dump_and_commit() {
     let app = App::new();
     app.start_v1();
-    // An operator's hot fix, not committed: the backup must keep it.
+    // An operator's hot fix, not committed, and files git ignores: the backup keeps them all.
     std::fs::write(
         app.dir.join("package.json"),
         app.read("package.json").replace("1.0.0", "1.0.1-hotfix"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(app.dir.join("node_modules/dep")).unwrap();
+    std::fs::write(
+        app.dir.join("node_modules/dep/index.js"),
+        "module.exports = 1;\n",
     )
     .unwrap();
     let run = app.guard(&["backup", "--reason", "before maintenance"]);
@@ -23,28 +29,50 @@ fn backup_snapshots_files_dump_commit_and_uncommitted_changes() {
         "the id is the last line of stdout"
     );
     let dir = app.incident_dir(&id);
+    assert!(dir.join("pm2/dump.pm2").is_file());
+    let tree = app.tree_index(&id);
     for f in [
-        "files/ecosystem.config.js",
-        "files/env.env",
-        "files/package.json",
-        "pm2/dump.pm2",
-        "git/uncommitted.patch",
+        "ecosystem.config.js",
+        "env.env",
+        "package.json",
+        "server.js",
+        "node_modules/dep/index.js",
     ] {
-        assert!(dir.join(f).is_file(), "{f} missing");
+        assert_eq!(tree[f]["t"], "f", "{f} missing from the tree");
     }
-    let patch = std::fs::read_to_string(dir.join("git/uncommitted.patch")).unwrap();
-    assert!(patch.contains("1.0.1-hotfix"));
-    let manifest = std::fs::read_to_string(dir.join("manifest.json")).unwrap();
-    assert!(manifest.contains("before maintenance") && manifest.contains("\"kind\": \"manual\""));
     assert!(
-        !manifest.contains(SECRET_DSN),
+        tree.keys().all(|k| k != ".git" && !k.starts_with(".git/")),
+        ".git is never in a snapshot"
+    );
+    // The hot fix's bytes are in the object store, under their hash.
+    let hotfix = app.object(tree["package.json"]["h"].as_str().unwrap());
+    assert!(
+        std::fs::read_to_string(&hotfix)
+            .unwrap()
+            .contains("1.0.1-hotfix")
+    );
+    let manifest = app.manifest(&id);
+    assert_eq!(manifest["kind"], "manual");
+    assert_eq!(manifest["reason"], "before maintenance");
+    let kinds: Vec<&str> = manifest["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["tree", "git", "pm2_dump"]);
+    assert_eq!(manifest["parts"][1]["commit"].as_str().unwrap(), app.head());
+    let text = std::fs::read_to_string(dir.join("manifest.json")).unwrap();
+    assert!(
+        !text.contains(SECRET_DSN),
         "the manifest holds no env values"
     );
     // Secrets are stored for root only.
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&app.backups), 0o700);
     assert_eq!(mode(&dir), 0o700);
-    assert_eq!(mode(&dir.join("files/env.env")), 0o600);
+    let env_object = app.object(tree["env.env"]["h"].as_str().unwrap());
+    assert_eq!(mode(&env_object), 0o600);
 }
 
 #[test]
@@ -53,8 +81,8 @@ fn a_half_written_incident_left_by_a_dead_run_is_swept_and_never_listed() {
     app.guard(&["backup"]).expect(0);
     // What a backup killed mid-way leaves: a temporary folder, never an incident-* folder.
     let tmp = app.backups.join(".tmp-incident-dead01");
-    std::fs::create_dir_all(tmp.join("files")).unwrap();
-    std::fs::write(tmp.join("files/env.env"), "half").unwrap();
+    std::fs::create_dir_all(tmp.join("tree")).unwrap();
+    std::fs::write(tmp.join("tree/index.jsonl"), "half").unwrap();
     let list = app.guard(&["--json", "list"]);
     assert_eq!(
         list.json()["data"]["incidents"].as_array().unwrap().len(),
@@ -142,7 +170,7 @@ fn latest_skips_pre_rollback_snapshots_and_says_which_it_picked() {
 #[test]
 fn list_and_history_show_incidents_and_runs_without_secrets() {
     let app = App::new();
-    app.start_v1();
+    app.deploy_v1();
     app.release("v2", "crash-at-start");
     app.guard(&["deploy"]).expect(3);
     let list = app.guard(&["--json", "list"]);

@@ -54,10 +54,18 @@ fn first_deploy_starts_the_app_and_a_good_release_replaces_it() {
     )
     .unwrap();
     assert_eq!(manifest["kind"], "pre-deploy");
-    assert_eq!(manifest["files"].as_array().unwrap().len(), 3);
+    assert_eq!(manifest["format"], 2);
+    assert_eq!(manifest["parts"][0]["kind"], "tree");
+    assert!(manifest["parts"][0]["files"].as_u64().unwrap() >= 5);
     assert_eq!(manifest["processes"][0]["status"], "online");
-    assert!(manifest["git"]["commit"].as_str().unwrap().len() == 40);
-    assert!(manifest["pm2_dump"]["sha256"].as_str().unwrap().len() == 64);
+    assert!(manifest["parts"][1]["commit"].as_str().unwrap().len() == 40);
+    assert!(
+        manifest["parts"][2]["file"]["sha256"]
+            .as_str()
+            .unwrap()
+            .len()
+            == 64
+    );
 }
 
 #[test]

@@ -43,7 +43,8 @@ fn malformed_config_and_unknown_keys_are_usage_errors_naming_file_and_line() {
     let app = App::new();
     let good = std::fs::read_to_string(&app.config).unwrap();
     std::fs::write(&app.config, good.replace("[deploy]", "[deploy\n")).unwrap();
-    refused(&app, &["deploy"], "line 9");
+    let line = good.lines().position(|l| l == "[deploy]").unwrap() + 1;
+    refused(&app, &["deploy"], &format!("line {line}"));
     std::fs::write(
         &app.config,
         good.replace("[deploy]", "[deploy]\ncomand = \"x\""),
@@ -129,16 +130,16 @@ fn broken_incidents_are_refused_naming_the_file() {
     let id = app.backup_id();
     let dir = app.incident_dir(&id);
 
-    let stored = dir.join("files/env.env");
+    let stored = dir.join("tree/index.jsonl");
     let original = std::fs::read_to_string(&stored).unwrap();
     // Same size, one byte changed: only the hash can tell.
-    std::fs::write(&stored, original.replacen("PORT=", "PORX=", 1)).unwrap();
+    std::fs::write(&stored, original.replacen("\"t\":\"f\"", "\"t\":\"g\"", 1)).unwrap();
     refused(
         &app,
         &["rollback", "--incident", &id],
-        "files/env.env does not match its sha256",
+        "tree/index.jsonl does not match its sha256",
     );
-    std::fs::write(&stored, format!("{original}EXTRA=1\n")).unwrap();
+    std::fs::write(&stored, format!("{original}\n")).unwrap();
     refused(&app, &["rollback", "--incident", &id], "the manifest says");
     refused(
         &app,
@@ -146,11 +147,11 @@ fn broken_incidents_are_refused_naming_the_file() {
         "the manifest says",
     );
 
-    std::fs::remove_file(dir.join("files/env.env")).unwrap();
+    std::fs::remove_file(&stored).unwrap();
     refused(
         &app,
         &["rollback", "--incident", &id],
-        "files/env.env is missing",
+        "tree/index.jsonl is missing",
     );
 
     std::fs::remove_file(dir.join("manifest.json")).unwrap();
@@ -167,6 +168,34 @@ fn broken_incidents_are_refused_naming_the_file() {
         "not a valid manifest",
     );
     assert_eq!(app.version().as_deref(), Some("v1"));
+}
+
+#[test]
+fn a_corrupted_stored_object_is_refused_before_anything_changes() {
+    let app = App::new();
+    app.start_v1();
+    let id = app.backup_id();
+    app.release("v2", "good");
+    app.guard(&["deploy"]).expect(0);
+    // The restore needs v1's release.json back: its object is rotten (same size).
+    let hash = app.tree_index(&id)["release.json"]["h"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let object = app.object(&hash);
+    let bytes = std::fs::read(&object).unwrap();
+    let mut rotten = bytes.clone();
+    rotten[0] ^= 1;
+    std::fs::write(&object, rotten).unwrap();
+    refused(
+        &app,
+        &["rollback", "--incident", &id],
+        "does not match its hash",
+    );
+    assert_eq!(app.version().as_deref(), Some("v2"));
+    // A missing object likewise.
+    std::fs::remove_file(&object).unwrap();
+    refused(&app, &["rollback", "--incident", &id], "is missing");
 }
 
 #[test]
@@ -187,7 +216,7 @@ fn a_manifest_that_points_outside_the_incident_is_refused() {
     let app = App::new();
     app.start_v1();
     let id = app.backup_id();
-    app.edit_manifest(&id, "\"files/env.env\"", "\"files/../../../etc/passwd\"");
+    app.edit_manifest(&id, "\"tree/index.jsonl\"", "\"tree/../../../etc/passwd\"");
     refused(
         &app,
         &["rollback", "--incident", &id],

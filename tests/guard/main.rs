@@ -8,4 +8,5 @@ mod clean;
 mod deploy;
 mod faults;
 mod inputs;
+mod snapshots;
 mod verification;

@@ -34,15 +34,26 @@ pub fn pm2_bin() -> PathBuf {
     bin
 }
 
+/// A port free on 127.0.0.1 and never handed to another test of this run: tests run in
+/// parallel, and the kernel may offer a port again once its probe socket is closed.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
-fn git(dir: &Path, args: &[&str]) {
+/// Run git in `dir` (with an identity for commits); panics on failure.
+pub fn git(dir: &Path, args: &[&str]) {
     let out = Command::new("git")
         .arg("-C")
         .arg(dir)
@@ -60,19 +71,6 @@ fn git(dir: &Path, args: &[&str]) {
         "git {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let dest = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &dest);
-        } else {
-            std::fs::copy(entry.path(), dest).unwrap();
-        }
-    }
 }
 
 /// What a guard run did.
@@ -113,84 +111,103 @@ impl Run {
     }
 }
 
+/// Which bundled app a test runs (examples/fixture.sh sets it up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fixture {
+    /// examples/demo/app: run from source, deployed by `git pull`.
+    Demo,
+    /// examples/build/app: installs into node_modules/ and builds into dist/ on the server.
+    Build,
+}
+
 /// One app under its own PM2 daemon.
 pub struct App {
     pub root: tempfile::TempDir,
     pub dir: PathBuf,
+    /// The developer's clone (upstream): commit and push releases there.
     pub work: PathBuf,
     pub backups: PathBuf,
     pub pm2_home: PathBuf,
     pub config: PathBuf,
     pub port: u16,
     pub pm2: PathBuf,
-    extra_config: String,
+    /// The PM2 app name.
+    pub name: &'static str,
+    pub fixture: Fixture,
+    base_config: String,
 }
 
 impl App {
-    /// A demo app at release v1, pushed to a bare origin and cloned as the app dir; not started.
+    /// The demo app at release v1, pushed to a bare origin and cloned as the app dir; not started.
     pub fn new() -> App {
         App::with_config("")
     }
 
     /// Like `new`, with extra lines appended to guard.toml's [health] table.
     pub fn with_config(extra_health: &str) -> App {
+        App::create(Fixture::Demo, extra_health)
+    }
+
+    /// The app that builds on the server, at release v1; not built, not started.
+    pub fn build() -> App {
+        App::create(Fixture::Build, "")
+    }
+
+    fn create(fixture: Fixture, extra_health: &str) -> App {
         let pm2 = pm2_bin();
         let root = tempfile::tempdir().unwrap();
         let r = root.path();
-        let origin = r.join("origin.git");
-        let work = r.join("work");
-        let dir = r.join("app");
-        git(
-            r,
-            &[
-                "init",
-                "-q",
-                "--bare",
-                "-b",
-                "main",
-                origin.to_str().unwrap(),
-            ],
-        );
-        git(
-            r,
-            &[
-                "clone",
-                "-q",
-                origin.to_str().unwrap(),
-                work.to_str().unwrap(),
-            ],
-        );
-        copy_dir(&repo_root().join("examples/demo/app"), &work);
-        std::fs::remove_file(work.join("env.env.example")).unwrap();
-        git(&work, &["checkout", "-q", "-b", "main"]);
-        git(&work, &["add", "-A"]);
-        git(&work, &["commit", "-q", "-m", "release v1"]);
-        git(&work, &["push", "-q", "origin", "main"]);
-        git(
-            r,
-            &[
-                "clone",
-                "-q",
-                origin.to_str().unwrap(),
-                dir.to_str().unwrap(),
-            ],
-        );
         let port = free_port();
+        let kind = match fixture {
+            Fixture::Demo => "demo",
+            Fixture::Build => "build",
+        };
+        // The one fixture the demo and the bench use too, with the tests' short windows.
+        let out = Command::new("bash")
+            .arg(repo_root().join("examples/fixture.sh"))
+            .args([
+                kind,
+                r.to_str().unwrap(),
+                &port.to_string(),
+                pm2.to_str().unwrap(),
+            ])
+            .env("STABLE_FOR", "1s")
+            .env("DEADLINE", "20s")
+            .env("TIMEOUT", "1s")
+            .env("INTERVAL", "100ms")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "examples/fixture.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dir = r.join("app");
         std::fs::write(
             dir.join("env.env"),
             format!("PORT={port}\nSENTRY_DSN={SECRET_DSN}\nSENTRY_ENABLED=true\nDB_PASSWORD=\"hunter2-the-sequel\"\n"),
         )
         .unwrap();
+        let config = r.join("guard.toml");
+        let mut base_config = std::fs::read_to_string(&config).unwrap();
+        if !extra_health.is_empty() {
+            base_config = base_config.replace("\n[pm2]\n", &format!("{extra_health}\n\n[pm2]\n"));
+        }
         let app = App {
             backups: r.join("backups"),
             pm2_home: r.join("pm2"),
-            config: r.join("guard.toml"),
+            config,
+            work: r.join("upstream"),
             root,
             dir,
-            work,
             port,
             pm2,
-            extra_config: extra_health.to_string(),
+            name: match fixture {
+                Fixture::Demo => "demo-backend",
+                Fixture::Build => "build-backend",
+            },
+            fixture,
+            base_config,
         };
         app.write_config("");
         app
@@ -198,35 +215,7 @@ impl App {
 
     /// (Re)write guard.toml; `extra` is appended at the end (new tables).
     pub fn write_config(&self, extra: &str) {
-        let text = format!(
-            r#"[app]
-name = "demo-backend"
-dir = "app"
-
-[backup]
-dir = "backups"
-files = ["ecosystem.config.js", "env.env", "package.json"]
-
-[deploy]
-command = "git pull --ff-only"
-
-[health]
-url = "http://127.0.0.1:{port}/health"
-timeout = "1s"
-deadline = "20s"
-stable_for = "1s"
-interval = "100ms"
-{extra_health}
-
-[pm2]
-bin = "{pm2}"
-home = "pm2"
-{extra}"#,
-            port = self.port,
-            pm2 = self.pm2.display(),
-            extra_health = self.extra_config,
-        );
-        std::fs::write(&self.config, text).unwrap();
+        std::fs::write(&self.config, format!("{}{extra}", self.base_config)).unwrap();
     }
 
     /// Replace text in guard.toml (e.g. one setting).
@@ -277,7 +266,7 @@ home = "pm2"
 
     /// Whether the app's lock file holds a run's record (that run is past its start).
     pub fn lock_recorded(&self) -> bool {
-        std::fs::read_to_string(self.backups.join("guard-demo-backend.lock"))
+        std::fs::read_to_string(self.backups.join(format!("guard-{}.lock", self.name)))
             .is_ok_and(|s| s.contains("\"pid\""))
     }
 
@@ -286,6 +275,33 @@ home = "pm2"
         let run = self.guard(&["backup"]);
         run.expect(0);
         run.stdout.lines().last().unwrap().to_string()
+    }
+
+    /// An incident's manifest.json.
+    pub fn manifest(&self, id: &str) -> serde_json::Value {
+        let p = self.incident_dir(id).join("manifest.json");
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    }
+
+    /// An incident's tree index, by path.
+    pub fn tree_index(&self, id: &str) -> std::collections::BTreeMap<String, serde_json::Value> {
+        let p = self.incident_dir(id).join("tree/index.jsonl");
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (v["p"].as_str().unwrap().to_string(), v)
+            })
+            .collect()
+    }
+
+    /// Where the object store keeps a content hash.
+    pub fn object(&self, hash: &str) -> PathBuf {
+        self.backups
+            .join("objects")
+            .join(&hash[..2])
+            .join(&hash[2..])
     }
 
     /// Replace text in an incident's manifest.json.
@@ -320,8 +336,59 @@ home = "pm2"
         self.push(&[("release.json", json)], message);
     }
 
-    /// Deploy v1 (the first deploy, app not yet in PM2) and check it serves.
+    /// Seed v1 the way an operator had it running before guard: `pm2 start` of the
+    /// ecosystem and `pm2 save`, without a guard deploy (faster, for tests where the first
+    /// deploy is not what is tested). Waits until v1 answers.
     pub fn start_v1(&self) {
+        if self.fixture == Fixture::Build {
+            self.node(&["install.js"]);
+            self.node(&["build.js"]);
+        }
+        let eco = self.dir.join("ecosystem.config.js");
+        let out = self.pm2(&["start", eco.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "pm2 start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            wait_until(Duration::from_secs(15), || self.version().as_deref()
+                == Some("v1")),
+            "v1 did not answer after pm2 start"
+        );
+        let out = self.pm2(&["save", "--force"]);
+        assert!(
+            out.status.success(),
+            "pm2 save: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Run node in the app dir (the build fixture's install and build scripts).
+    pub fn node(&self, args: &[&str]) {
+        let out = Command::new("node")
+            .args(args)
+            .current_dir(&self.dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "node {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The /health body as JSON, if it answers 200.
+    pub fn health_body(&self) -> Option<serde_json::Value> {
+        let (status, body) = http_get(self.port, "/health")?;
+        if status != 200 {
+            return None;
+        }
+        serde_json::from_str(body.trim()).ok()
+    }
+
+    /// Deploy v1 through guard (the first deploy, app not yet in PM2) and check it serves.
+    pub fn deploy_v1(&self) {
         self.guard(&["deploy"]).expect(0);
         assert_eq!(self.version().as_deref(), Some("v1"));
     }
@@ -355,7 +422,7 @@ home = "pm2"
             .unwrap_or("[]");
         let list: Vec<serde_json::Value> = serde_json::from_str(line).unwrap();
         list.iter()
-            .filter(|p| p["name"] == "demo-backend")
+            .filter(|p| p["name"] == self.name)
             .map(|p| {
                 (
                     p["pid"].as_u64().unwrap_or(0),

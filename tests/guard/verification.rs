@@ -19,10 +19,11 @@ fn a_crash_after_the_first_good_probe_is_caught_in_the_stable_window() {
     let run = app.guard(&["--json", "deploy"]);
     run.expect(3);
     let doc = run.json();
-    let reason = doc["data"]["verdict"]["reason"].as_str().unwrap();
+    let reason = doc["data"]["verdict"]["message"].as_str().unwrap();
     assert!(reason.starts_with("restarted after"), "{reason}");
+    assert_eq!(doc["data"]["verdict"]["reason"]["kind"], "restarted_after");
     assert!(
-        doc["data"]["verdict"]["ready_after"].is_number(),
+        doc["data"]["verdict"]["ready_after_ms"].is_number(),
         "it had answered before it crashed"
     );
     assert_eq!(app.version().as_deref(), Some("v1"));
@@ -37,14 +38,17 @@ fn a_hanging_health_endpoint_fails_by_the_probe_timeout_not_the_deadline() {
     run.expect(3);
     let verdict = &run.json()["data"]["verdict"];
     assert!(
-        verdict["reason"]
+        verdict["message"]
             .as_str()
             .unwrap()
             .contains("timed out after 1s"),
         "{verdict}"
     );
     // deadline is 20s: the verdict came from the first timed-out probe.
-    assert!(verdict["elapsed"].as_u64().unwrap() < 10_000, "{verdict}");
+    assert!(
+        verdict["elapsed_ms"].as_u64().unwrap() < 10_000,
+        "{verdict}"
+    );
     assert_eq!(app.version().as_deref(), Some("v1"));
 }
 
@@ -58,7 +62,7 @@ fn a_slow_booting_good_release_passes() {
     );
     let run = app.guard(&["--json", "deploy"]);
     run.expect(0);
-    let ready = run.json()["data"]["verdict"]["ready_after"]
+    let ready = run.json()["data"]["verdict"]["ready_after_ms"]
         .as_u64()
         .unwrap();
     assert!(ready >= 3000, "it cannot answer before it listens: {ready}");
@@ -107,7 +111,7 @@ fn expect_body_fails_a_200_without_the_text() {
 #[test]
 fn health_shows_the_status_block_and_wait_uses_the_verdict_rules() {
     let app = App::new();
-    app.start_v1();
+    app.deploy_v1();
     let run = app.guard(&["health"]);
     run.expect(0);
     for word in [
@@ -214,7 +218,7 @@ fn probe_outcome(app: &App, url: &str) -> (crate::support::Run, String) {
         &format!("url = \"{url}\""),
     );
     let run = app.guard(&["--json", "health"]);
-    let outcome = run.json()["data"]["health"]["outcome"]
+    let outcome = run.json()["data"]["health"]["outcome"]["text"]
         .as_str()
         .unwrap()
         .to_string();

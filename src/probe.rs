@@ -1,4 +1,4 @@
-//! One HTTP probe of the health URL, classified the way a deploy verdict needs it.
+//! One HTTP probe of the health URL, classified the way a verdict needs it.
 
 use std::time::{Duration, Instant};
 
@@ -12,7 +12,7 @@ const BODY_CAP: usize = 64 * 1024;
 
 /// What one probe found.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub enum ProbeOutcome {
     /// 2xx (and the expected body, if configured).
     Pass(u16),
     /// Nothing listens yet (connection refused or reset before an answer).
@@ -29,17 +29,19 @@ pub enum Outcome {
     Error(String),
 }
 
-impl Outcome {
+impl ProbeOutcome {
     /// Whether the probe passed.
     pub fn passed(&self) -> bool {
-        matches!(self, Outcome::Pass(_))
+        matches!(self, ProbeOutcome::Pass(_))
     }
 
     /// The HTTP status, when there was an answer.
     pub fn status(&self) -> Option<u16> {
         match self {
-            Outcome::Pass(s) | Outcome::Status(s) | Outcome::BodyMismatch(s) => Some(*s),
-            Outcome::NotReady => Some(503),
+            ProbeOutcome::Pass(s) | ProbeOutcome::Status(s) | ProbeOutcome::BodyMismatch(s) => {
+                Some(*s)
+            }
+            ProbeOutcome::NotReady => Some(503),
             _ => None,
         }
     }
@@ -48,29 +50,56 @@ impl Outcome {
     pub fn is_definite_failure(&self) -> bool {
         matches!(
             self,
-            Outcome::Status(_)
-                | Outcome::BodyMismatch(_)
-                | Outcome::TimedOut(_)
-                | Outcome::Error(_)
+            ProbeOutcome::Status(_)
+                | ProbeOutcome::BodyMismatch(_)
+                | ProbeOutcome::TimedOut(_)
+                | ProbeOutcome::Error(_)
         )
     }
 }
 
-impl std::fmt::Display for Outcome {
+impl std::fmt::Display for ProbeOutcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Outcome::Pass(s) => write!(f, "HTTP {s}"),
-            Outcome::NotListening(e) => write!(f, "not listening ({e})"),
-            Outcome::NotReady => write!(f, "HTTP 503 (not ready)"),
-            Outcome::Status(s) => write!(f, "health {s}"),
-            Outcome::BodyMismatch(s) => write!(f, "HTTP {s} without the expected body text"),
-            Outcome::TimedOut(t) => write!(
+            ProbeOutcome::Pass(s) => write!(f, "HTTP {s}"),
+            ProbeOutcome::NotListening(e) => write!(f, "not listening ({e})"),
+            ProbeOutcome::NotReady => write!(f, "HTTP 503 (not ready)"),
+            ProbeOutcome::Status(s) => write!(f, "health {s}"),
+            ProbeOutcome::BodyMismatch(s) => write!(f, "HTTP {s} without the expected body text"),
+            ProbeOutcome::TimedOut(t) => write!(
                 f,
                 "health timed out after {}",
                 humantime::format_duration(*t)
             ),
-            Outcome::Error(e) => write!(f, "health probe failed: {e}"),
+            ProbeOutcome::Error(e) => write!(f, "health probe failed: {e}"),
         }
+    }
+}
+
+impl ProbeOutcome {
+    /// A short machine word for JSON: pass, not_listening, not_ready, status, body_mismatch,
+    /// timed_out, error.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProbeOutcome::Pass(_) => "pass",
+            ProbeOutcome::NotListening(_) => "not_listening",
+            ProbeOutcome::NotReady => "not_ready",
+            ProbeOutcome::Status(_) => "status",
+            ProbeOutcome::BodyMismatch(_) => "body_mismatch",
+            ProbeOutcome::TimedOut(_) => "timed_out",
+            ProbeOutcome::Error(_) => "error",
+        }
+    }
+}
+
+impl serde::Serialize for ProbeOutcome {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("ProbeOutcome", 3)?;
+        st.serialize_field("kind", self.kind())?;
+        st.serialize_field("http_status", &self.status())?;
+        st.serialize_field("text", &self.to_string())?;
+        st.end()
     }
 }
 
@@ -78,7 +107,7 @@ impl std::fmt::Display for Outcome {
 #[derive(Debug, Clone)]
 pub struct Probe {
     /// What it found.
-    pub outcome: Outcome,
+    pub outcome: ProbeOutcome,
     /// How long it took.
     pub latency: Duration,
 }
@@ -120,7 +149,7 @@ impl Prober {
         let start = Instant::now();
         let outcome = match tokio::time::timeout(self.timeout, self.attempt()).await {
             Ok(o) => o,
-            Err(_) => Outcome::TimedOut(self.timeout),
+            Err(_) => ProbeOutcome::TimedOut(self.timeout),
         };
         Probe {
             outcome,
@@ -128,7 +157,7 @@ impl Prober {
         }
     }
 
-    async fn attempt(&self) -> Outcome {
+    async fn attempt(&self) -> ProbeOutcome {
         let mut resp = match self.client.get(self.url.clone()).send().await {
             Ok(r) => r,
             Err(e) => return classify(&e, self.timeout),
@@ -146,32 +175,32 @@ impl Prober {
         }
         if !(200..300).contains(&status) {
             return if status == 503 {
-                Outcome::NotReady
+                ProbeOutcome::NotReady
             } else {
-                Outcome::Status(status)
+                ProbeOutcome::Status(status)
             };
         }
         match &self.expect_body {
             Some(text) if !String::from_utf8_lossy(&body).contains(text.as_str()) => {
-                Outcome::BodyMismatch(status)
+                ProbeOutcome::BodyMismatch(status)
             }
-            _ => Outcome::Pass(status),
+            _ => ProbeOutcome::Pass(status),
         }
     }
 }
 
-fn classify(e: &reqwest::Error, timeout: Duration) -> Outcome {
+fn classify(e: &reqwest::Error, timeout: Duration) -> ProbeOutcome {
     if e.is_timeout() {
-        return Outcome::TimedOut(timeout);
+        return ProbeOutcome::TimedOut(timeout);
     }
     let chain = error_chain(e).to_lowercase();
     if chain.contains("dns error") || chain.contains("failed to lookup") {
-        return Outcome::Error(format!("cannot resolve the health host: {chain}"));
+        return ProbeOutcome::Error(format!("cannot resolve the health host: {chain}"));
     }
     if e.is_connect() || chain.contains("connection reset") || chain.contains("connection closed") {
-        return Outcome::NotListening(short_cause(&chain));
+        return ProbeOutcome::NotListening(short_cause(&chain));
     }
-    Outcome::Error(chain)
+    ProbeOutcome::Error(chain)
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

@@ -1,21 +1,27 @@
-//! The incident store: snapshot folders under `backup.dir`, written atomically, verified by
-//! sha256 before any restore, listed, and pruned by retention.
+//! The incident store in `backup.dir`: incident folders written atomically and checked
+//! before any restore, the object store their trees share, listing, and retention.
 //!
-//! Layout of one incident:
 //! ```text
-//! incident-20251222-110221/
-//!   manifest.json            what was taken, with size, mode and sha256 of every file
-//!   files/<path>             the backed-up files, by their path relative to app.dir
-//!   pm2/dump.pm2             PM2's saved process list
-//!   git/uncommitted.patch    uncommitted changes to tracked files, if any
-//!   outcome.json             how the deploy that took it ended (written later)
-//!   logs/                    log tails saved as evidence of a failed verification
+//! backup.dir/
+//!   objects/ab/cdef...                 file contents by BLAKE3, shared by all incidents
+//!   objects.lock                       shared while a snapshot is written, exclusive for sweeping
+//!   incident-20251222-110221/
+//!     manifest.json                    the parts, with size, mode and sha256 of stored files
+//!     tree/index.jsonl                 every path of app.dir: type, mode, hash, stat
+//!     pm2/dump.pm2                     PM2's saved process list
+//!     outcome.json                     how the deploy or rollback that took it ended
+//!     logs/                            evidence of a failed verification
 //! ```
 
-use std::fs;
+pub mod manifest;
+pub mod objects;
+pub mod tree;
+
+use std::collections::HashSet;
+use std::fs::{self, File};
 use std::io::{BufReader, Read};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
@@ -23,139 +29,21 @@ use sha2::{Digest, Sha256};
 
 use crate::atomic;
 use crate::exit::usage;
-use crate::origin::Origin;
+pub use manifest::{FileEntry, Kind, Manifest, Part, ProcessEntry};
+use objects::Objects;
 
 /// Folder name prefix of an incident.
 pub const PREFIX: &str = "incident-";
 const TEMP_PREFIX: &str = ".tmp-incident-";
 const MANIFEST: &str = "manifest.json";
 const OUTCOME: &str = "outcome.json";
-/// Where app files live inside an incident.
-pub const FILES_DIR: &str = "files";
-/// Stored location of PM2's dump.
-pub const PM2_DUMP: &str = "pm2/dump.pm2";
-/// Stored location of the uncommitted-changes patch.
-pub const GIT_PATCH: &str = "git/uncommitted.patch";
-const MANIFEST_FORMAT: u32 = 1;
+const OBJECTS_LOCK: &str = "objects.lock";
 /// Incidents younger than this are never pruned, whatever `backup.keep` says.
 const MIN_AGE_TO_PRUNE: jiff::SignedDuration = jiff::SignedDuration::from_hours(1);
 
-/// Why an incident was taken.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Kind {
-    /// `guard backup`.
-    Manual,
-    /// Taken by `guard deploy` before it changed anything.
-    PreDeploy,
-    /// Taken by `guard rollback` before it restored another incident: may be a broken state.
-    PreRollback,
-}
-
-impl std::fmt::Display for Kind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Kind::Manual => "manual",
-            Kind::PreDeploy => "pre-deploy",
-            Kind::PreRollback => "pre-rollback",
-        })
-    }
-}
-
-impl Kind {
-    /// Whether the snapshot records a state that ran before a change, so `latest` may pick it.
-    pub fn restorable_as_latest(self) -> bool {
-        !matches!(self, Kind::PreRollback)
-    }
-}
-
-/// One stored file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileEntry {
-    /// Location inside the incident folder.
-    pub path: String,
-    /// Size in bytes.
-    pub size: u64,
-    /// Unix permission bits of the original.
-    pub mode: u32,
-    /// Lowercase hex sha256 of the content.
-    pub sha256: String,
-}
-
-impl FileEntry {
-    /// For an app file: its path relative to app.dir.
-    pub fn app_path(&self) -> Option<&str> {
-        self.path.strip_prefix(FILES_DIR)?.strip_prefix('/')
-    }
-}
-
-/// The code revision of the app dir.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GitState {
-    /// The commit checked out.
-    pub commit: String,
-    /// Uncommitted changes to tracked files, if there were any.
-    pub patch: Option<FileEntry>,
-}
-
-/// One PM2 process as it was when the incident was taken.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProcessEntry {
-    /// PM2 name.
-    pub name: String,
-    /// PM2 status.
-    pub status: String,
-    /// PM2 restart counter.
-    pub restarts: u64,
-    /// OS pid.
-    pub pid: Option<u32>,
-}
-
-/// manifest.json.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Manifest {
-    /// Manifest format version.
-    pub format: u32,
-    /// guard's version.
-    pub guard_version: String,
-    /// The incident id (folder name without `incident-`).
-    pub id: String,
-    /// When it was taken, RFC 3339 UTC.
-    pub created_at: String,
-    /// Why it was taken.
-    pub kind: Kind,
-    /// The reason given.
-    pub reason: String,
-    /// Who took it.
-    pub origin: Origin,
-    /// The PM2 app name.
-    pub app_name: String,
-    /// The app dir.
-    pub app_dir: PathBuf,
-    /// Backed-up app files.
-    pub files: Vec<FileEntry>,
-    /// PM2's dump.pm2, when PM2 had one.
-    pub pm2_dump: Option<FileEntry>,
-    /// The code revision, when app.dir is a git work tree.
-    pub git: Option<GitState>,
-    /// The app's PM2 processes at the time.
-    pub processes: Vec<ProcessEntry>,
-}
-
-impl Manifest {
-    /// Every stored file the manifest vouches for.
-    pub fn all_entries(&self) -> impl Iterator<Item = &FileEntry> {
-        self.files
-            .iter()
-            .chain(self.pm2_dump.iter())
-            .chain(self.git.iter().filter_map(|g| g.patch.as_ref()))
-    }
-}
-
 /// outcome.json: what became of the deploy or rollback that used an incident.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Outcome {
+pub struct RunRecord {
     /// The command that used it.
     pub command: String,
     /// success, rolled back, needs a human...
@@ -166,6 +54,12 @@ pub struct Outcome {
     pub exit_code: i32,
     /// When, RFC 3339 UTC.
     pub at: String,
+    /// The commit (or tree fingerprint) in place before the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<String>,
+    /// The commit (or tree fingerprint) in place after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
 }
 
 /// An incident folder found in the store.
@@ -178,17 +72,17 @@ pub struct Listed {
     /// The manifest, or why it cannot be read.
     pub manifest: Result<Manifest, String>,
     /// The outcome, if recorded.
-    pub outcome: Option<Outcome>,
+    pub outcome: Option<RunRecord>,
 }
 
 impl Listed {
-    /// Total size of the folder in bytes.
+    /// Size of the folder itself in bytes (objects shared with others not counted).
     pub fn size(&self) -> u64 {
         dir_size(&self.dir)
     }
 }
 
-/// A checked incident: every file present with the size and sha256 its manifest records.
+/// A checked incident: every stored file present with the size and sha256 its manifest records.
 #[derive(Debug)]
 pub struct Verified {
     /// The folder.
@@ -201,6 +95,14 @@ impl Verified {
     /// Where a stored file lives.
     pub fn stored(&self, entry: &FileEntry) -> PathBuf {
         self.dir.join(&entry.path)
+    }
+
+    /// The tree index, when the incident has a tree.
+    pub fn tree_entries(&self) -> Result<Option<Vec<tree::Entry>>> {
+        match self.manifest.tree() {
+            Some(Part::Tree { index, .. }) => Ok(Some(tree::read_index(&self.stored(index))?)),
+            _ => Ok(None),
+        }
     }
 }
 
@@ -221,6 +123,11 @@ impl Store {
     /// Its folder.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The shared object store.
+    pub fn objects(&self) -> Objects {
+        Objects::at(&self.dir)
     }
 
     /// Create the folder (0700) if needed and make sure guard can write there.
@@ -255,9 +162,27 @@ impl Store {
         Ok(())
     }
 
-    /// Remove temporary folders left by a run that died mid-backup. Call with the lock held.
+    fn objects_lock(&self) -> Result<File> {
+        let p = self.dir.join(OBJECTS_LOCK);
+        fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&p)
+            .with_context(|| format!("opening {}", p.display()))
+    }
+
+    /// Remove what a run that died left behind (half-written incidents, object temporaries),
+    /// unless another snapshot is being written right now (another app sharing backup.dir).
     pub fn sweep_temporaries(&self) -> Result<Vec<String>> {
         let mut removed = Vec::new();
+        let lock = self.objects_lock()?;
+        if lock.try_lock().is_err() {
+            return Ok(removed);
+        }
         let Ok(entries) = fs::read_dir(&self.dir) else {
             return Ok(removed);
         };
@@ -269,11 +194,18 @@ impl Store {
                 removed.push(name);
             }
         }
+        let tmp = self.objects().dir().join("tmp");
+        for t in fs::read_dir(&tmp).into_iter().flatten().flatten() {
+            let _ = fs::remove_file(t.path());
+        }
         Ok(removed)
     }
 
     /// Start a new incident in a temporary folder inside the store.
     pub fn begin(&self) -> Result<Draft> {
+        let lock = self.objects_lock()?;
+        lock.lock_shared()
+            .with_context(|| format!("locking {}", self.dir.join(OBJECTS_LOCK).display()))?;
         let tmp = tempfile::Builder::new()
             .prefix(TEMP_PREFIX)
             .permissions(fs::Permissions::from_mode(0o700))
@@ -286,10 +218,9 @@ impl Store {
             })?;
         Ok(Draft {
             tmp,
-            files: Vec::new(),
-            pm2_dump: None,
-            patch: None,
+            parts: Vec::new(),
             store: self.clone(),
+            _objects_lock: lock,
         })
     }
 
@@ -314,7 +245,7 @@ impl Store {
             }
             let dir = entry.path();
             let manifest = read_manifest(&dir);
-            let outcome = fs::read(dir.join(OUTCOME))
+            let outcome = read_small(&dir.join(OUTCOME))
                 .ok()
                 .and_then(|b| serde_json::from_slice(&b).ok());
             list.push(Listed {
@@ -349,7 +280,9 @@ impl Store {
         self.verify(&id)
     }
 
-    /// Check an incident: manifest readable, every file present, regular, of the right size and sha256.
+    /// Check an incident: manifest readable, every stored file present, regular, of the
+    /// right size and sha256, and a tree index that parses. Objects are checked by the
+    /// restore, for the ones it needs, before it changes anything.
     pub fn verify(&self, id: &str) -> Result<Verified> {
         let dir = self.dir.join(format!("{PREFIX}{id}"));
         match fs::symlink_metadata(&dir) {
@@ -375,15 +308,40 @@ impl Store {
                 manifest.id
             )));
         }
-        for entry in manifest.all_entries() {
+        for entry in manifest.stored_files() {
             check_entry(&dir, entry)
                 .map_err(|e| usage(format!("incident {id} is broken: {e}; nothing was changed")))?;
         }
-        Ok(Verified { dir, manifest })
+        let v = Verified { dir, manifest };
+        v.tree_entries().map_err(|e| {
+            usage(format!(
+                "incident {id} is broken: {e:#}; nothing was changed"
+            ))
+        })?;
+        Ok(v)
+    }
+
+    /// The stat cache for the next snapshot: the tree of the newest incident that has one.
+    pub fn newest_tree_cache(&self) -> tree::Cache {
+        let Ok(list) = self.list() else {
+            return tree::Cache::new();
+        };
+        for l in list {
+            let Ok(m) = &l.manifest else { continue };
+            if let Some(Part::Tree { index, .. }) = m.tree() {
+                let p = l.dir.join(&index.path);
+                if check_entry(&l.dir, index).is_ok()
+                    && let Ok(entries) = tree::read_index(&p)
+                {
+                    return tree::cache_from(&entries);
+                }
+            }
+        }
+        tree::Cache::new()
     }
 
     /// Record how the command that used incident `id` ended.
-    pub fn set_outcome(&self, id: &str, outcome: &Outcome) -> Result<()> {
+    pub fn set_outcome(&self, id: &str, outcome: &RunRecord) -> Result<()> {
         let path = self.dir.join(format!("{PREFIX}{id}")).join(OUTCOME);
         atomic::write(&path, &serde_json::to_vec_pretty(outcome)?, 0o600)
     }
@@ -401,9 +359,10 @@ impl Store {
         Ok(path)
     }
 
-    /// Remove the oldest incidents beyond `keep`, never one younger than an hour, never `protect`,
-    /// never the newest one `latest` would pick. Returns the ids removed.
-    pub fn prune(&self, keep: usize, protect: &str) -> Result<Vec<String>> {
+    /// Remove the oldest incidents beyond `keep`, never one younger than an hour, never
+    /// `protect`, never the newest one `latest` would pick; then free the objects no incident
+    /// uses any more. Returns the ids removed.
+    pub fn prune(&self, keep: usize, protect: &[&str]) -> Result<Vec<String>> {
         let list = self.list()?;
         let newest_good = list
             .iter()
@@ -416,7 +375,7 @@ impl Store {
         let now = jiff::Timestamp::now();
         let mut removed = Vec::new();
         for listed in list.iter().skip(keep) {
-            if listed.id == protect || Some(&listed.id) == newest_good.as_ref() {
+            if protect.contains(&listed.id.as_str()) || Some(&listed.id) == newest_good.as_ref() {
                 continue;
             }
             let young = match &listed.manifest {
@@ -431,11 +390,46 @@ impl Store {
             if young {
                 continue;
             }
-            fs::remove_dir_all(&listed.dir)
+            // Renamed first, so a crash half-way leaves a temporary the next sweep removes,
+            // never a half-deleted incident.
+            let doomed = self.dir.join(format!("{TEMP_PREFIX}pruned-{}", listed.id));
+            fs::rename(&listed.dir, &doomed)
                 .with_context(|| format!("removing old incident {}", listed.dir.display()))?;
+            fs::remove_dir_all(&doomed)
+                .with_context(|| format!("removing old incident {}", doomed.display()))?;
             removed.push(listed.id.clone());
         }
+        if !removed.is_empty() {
+            self.collect_garbage()?;
+        }
         Ok(removed)
+    }
+
+    /// Delete objects no incident references. Skipped while another snapshot is being
+    /// written, and when any incident's tree cannot be read (then nothing is deleted).
+    pub fn collect_garbage(&self) -> Result<Option<(u64, u64)>> {
+        let lock = self.objects_lock()?;
+        if lock.try_lock().is_err() {
+            return Ok(None);
+        }
+        let mut keep = HashSet::new();
+        for l in self.list()? {
+            let m = match &l.manifest {
+                Ok(m) => m,
+                Err(_) => return Ok(None),
+            };
+            if let Some(Part::Tree { index, .. }) = m.tree() {
+                let Ok(entries) = tree::read_index(&l.dir.join(&index.path)) else {
+                    return Ok(None);
+                };
+                for e in entries {
+                    if let tree::Node::File { hash, .. } = e.node {
+                        keep.insert(hash);
+                    }
+                }
+            }
+        }
+        Ok(Some(self.objects().collect_garbage(&keep)?))
     }
 }
 
@@ -443,13 +437,13 @@ impl Store {
 #[derive(Debug)]
 pub struct Draft {
     tmp: tempfile::TempDir,
-    files: Vec<FileEntry>,
-    pm2_dump: Option<FileEntry>,
-    patch: Option<FileEntry>,
+    parts: Vec<Part>,
     store: Store,
+    /// Held shared until the commit, so no sweep or garbage collection runs meanwhile.
+    _objects_lock: File,
 }
 
-/// What the caller knows about the snapshot besides its files.
+/// What the caller knows about the snapshot besides its parts.
 #[derive(Debug)]
 pub struct Meta {
     /// Why it is taken.
@@ -457,70 +451,64 @@ pub struct Meta {
     /// The reason given.
     pub reason: String,
     /// Who takes it.
-    pub origin: Origin,
+    pub origin: crate::origin::Origin,
     /// PM2 app name.
     pub app_name: String,
     /// App dir.
     pub app_dir: PathBuf,
-    /// The git commit, if any.
-    pub git_commit: Option<String>,
     /// The app's PM2 processes.
     pub processes: Vec<ProcessEntry>,
 }
 
 impl Draft {
-    fn put(&self, rel: &str, bytes: &[u8], mode: u32) -> Result<FileEntry> {
+    /// The store this draft goes into.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Where a stored file of this draft goes (its folders created).
+    pub fn prepare(&self, rel: &str) -> Result<PathBuf> {
         let dest = self.tmp.path().join(rel);
         let parent = dest.parent().expect("stored paths have a parent");
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(parent)
-            .with_context(|| format!("creating {}", parent.display()))?;
-        // Not through atomic::write: the whole folder is renamed into place at the end.
-        let mut f = fs::OpenOptions::new()
+        tree::make_dir(parent)?;
+        Ok(dest)
+    }
+
+    /// Describe a file written at `rel` in this draft.
+    pub fn describe(&self, rel: &str, mode: u32) -> Result<FileEntry> {
+        let p = self.tmp.path().join(rel);
+        let size = fs::metadata(&p)
+            .with_context(|| format!("reading {}", p.display()))?
+            .len();
+        Ok(FileEntry {
+            path: rel.to_string(),
+            size,
+            mode: mode & 0o7777,
+            sha256: sha256_file(&p).with_context(|| format!("reading {}", p.display()))?,
+        })
+    }
+
+    /// Copy a file from outside into the draft (streamed); returns its entry.
+    pub fn copy_in(&self, rel: &str, src: &Path) -> Result<FileEntry> {
+        let dest = self.prepare(rel)?;
+        let mut input =
+            objects::open_nofollow(src).with_context(|| format!("reading {}", src.display()))?;
+        let mut out = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(&dest)
             .with_context(|| format!("creating {}", dest.display()))?;
-        std::io::Write::write_all(&mut f, bytes)
-            .with_context(|| format!("writing {}", dest.display()))?;
-        f.sync_all()
+        std::io::copy(&mut input, &mut out)
+            .with_context(|| format!("copying {}", src.display()))?;
+        out.sync_all()
             .with_context(|| format!("syncing {}", dest.display()))?;
-        Ok(FileEntry {
-            path: rel.to_string(),
-            size: bytes.len() as u64,
-            mode: mode & 0o7777,
-            sha256: hex::encode(Sha256::digest(bytes)),
-        })
+        self.describe(rel, 0o600)
     }
 
-    /// Copy an app file (path relative to app.dir).
-    pub fn add_app_file(&mut self, app_dir: &Path, rel: &Path) -> Result<()> {
-        let src = app_dir.join(rel);
-        let meta = fs::metadata(&src).with_context(|| format!("reading {}", src.display()))?;
-        if !meta.is_file() {
-            bail!("{} is not a regular file", src.display());
-        }
-        let bytes = fs::read(&src).with_context(|| format!("reading {}", src.display()))?;
-        let stored = format!("{FILES_DIR}/{}", rel.to_string_lossy());
-        let entry = self.put(&stored, &bytes, meta.permissions().mode())?;
-        self.files.push(entry);
-        Ok(())
-    }
-
-    /// Copy PM2's dump.pm2.
-    pub fn add_pm2_dump(&mut self, path: &Path) -> Result<()> {
-        let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        self.pm2_dump = Some(self.put(PM2_DUMP, &bytes, 0o600)?);
-        Ok(())
-    }
-
-    /// Store the uncommitted-changes patch.
-    pub fn add_git_patch(&mut self, patch: &[u8]) -> Result<()> {
-        self.patch = Some(self.put(GIT_PATCH, patch, 0o600)?);
-        Ok(())
+    /// Add a part.
+    pub fn add(&mut self, part: Part) {
+        self.parts.push(part);
     }
 
     /// Write the manifest and move the folder into place under a fresh id. Returns the id.
@@ -529,6 +517,8 @@ impl Draft {
         let base = now.strftime("%Y%m%d-%H%M%S").to_string();
         let store_dir = self.store.dir.clone();
         let tmp_path = self.tmp.path().to_path_buf();
+        // Objects and stored files reach the disk before the manifest that vouches for them.
+        tree::sync_fs(&store_dir);
         for n in 1..1000u32 {
             let id = if n == 1 {
                 base.clone()
@@ -540,7 +530,7 @@ impl Draft {
                 continue;
             }
             let manifest = Manifest {
-                format: MANIFEST_FORMAT,
+                format: manifest::FORMAT,
                 guard_version: env!("CARGO_PKG_VERSION").to_string(),
                 id: id.clone(),
                 created_at: crate::origin::now_rfc3339(),
@@ -549,12 +539,7 @@ impl Draft {
                 origin: meta.origin.clone(),
                 app_name: meta.app_name.clone(),
                 app_dir: meta.app_dir.clone(),
-                files: self.files.clone(),
-                pm2_dump: self.pm2_dump.clone(),
-                git: meta.git_commit.clone().map(|commit| GitState {
-                    commit,
-                    patch: self.patch.clone(),
-                }),
+                parts: self.parts.clone(),
                 processes: meta.processes.clone(),
             };
             atomic::write(
@@ -562,7 +547,7 @@ impl Draft {
                 &serde_json::to_vec_pretty(&manifest)?,
                 0o600,
             )?;
-            for sub in [FILES_DIR, "pm2", "git"] {
+            for sub in ["tree", "pm2"] {
                 let d = tmp_path.join(sub);
                 if d.is_dir() {
                     atomic::sync_dir(&d)?;
@@ -626,9 +611,22 @@ fn sort_key(id: &str) -> (String, u32) {
     }
 }
 
+/// Read a small file guard wrote, refusing links and anything that is not a regular file
+/// (a FIFO would hang the read).
+fn read_small(path: &Path) -> std::io::Result<Vec<u8>> {
+    let f = objects::open_nofollow(path)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut buf = Vec::new();
+    f.take(16 * 1024 * 1024).read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
 fn read_manifest(dir: &Path) -> Result<Manifest, String> {
     let path = dir.join(MANIFEST);
-    let bytes = match fs::read(&path) {
+    let bytes = match read_small(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(format!(
@@ -638,33 +636,11 @@ fn read_manifest(dir: &Path) -> Result<Manifest, String> {
         }
         Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
     };
-    let manifest: Manifest = serde_json::from_slice(&bytes)
-        .map_err(|e| format!("{} is not a valid manifest: {e}", path.display()))?;
-    if manifest.format != MANIFEST_FORMAT {
-        return Err(format!(
-            "{} has format {}, this guard reads {MANIFEST_FORMAT}",
-            path.display(),
-            manifest.format
-        ));
-    }
-    Ok(manifest)
-}
-
-/// Stored paths must stay inside the incident and under a known folder.
-fn check_stored_path(p: &str) -> Result<(), String> {
-    let path = Path::new(p);
-    let inside = path.components().all(|c| matches!(c, Component::Normal(_)));
-    let known = p == PM2_DUMP || p == GIT_PATCH || p.starts_with(&format!("{FILES_DIR}/"));
-    if !inside || !known || path.components().count() < 2 {
-        return Err(format!(
-            "the manifest lists {p:?}, which is not a path guard stores"
-        ));
-    }
-    Ok(())
+    Manifest::parse(&bytes).map_err(|e| format!("{} {e}", path.display()))
 }
 
 fn check_entry(dir: &Path, entry: &FileEntry) -> Result<(), String> {
-    check_stored_path(&entry.path)?;
+    manifest::check_stored_path(&entry.path)?;
     let path = dir.join(&entry.path);
     let meta = fs::symlink_metadata(&path).map_err(|_| format!("{} is missing", path.display()))?;
     if !meta.is_file() {
@@ -690,7 +666,7 @@ fn check_entry(dir: &Path, entry: &FileEntry) -> Result<(), String> {
 
 /// Lowercase hex sha256 of a file, read in chunks.
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut reader = BufReader::new(fs::File::open(path)?);
+    let mut reader = BufReader::new(objects::open_nofollow(path)?);
     let mut hasher = Sha256::new();
     let mut buf = [0u8; 64 * 1024];
     loop {
@@ -720,6 +696,7 @@ fn dir_size(dir: &Path) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::origin::Origin;
 
     #[test]
     fn ids_accept_both_spellings_and_reject_paths() {
@@ -770,14 +747,14 @@ mod tests {
 
     fn draft_incident(store: &Store, app: &Path, kind: Kind) -> String {
         let mut d = store.begin().unwrap();
-        d.add_app_file(app, Path::new("env.env")).unwrap();
+        let entry = d.copy_in(manifest::PM2_DUMP, &app.join("dump")).unwrap();
+        d.add(Part::Pm2Dump { file: entry });
         d.commit(Meta {
             kind,
             reason: "test".into(),
             origin: Origin::current(),
             app_name: "api".into(),
             app_dir: app.to_path_buf(),
-            git_commit: None,
             processes: vec![],
         })
         .unwrap()
@@ -788,22 +765,22 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let app = root.path().join("app");
         fs::create_dir(&app).unwrap();
-        fs::write(app.join("env.env"), "A=1\n").unwrap();
+        fs::write(app.join("dump"), "[]").unwrap();
         let store = Store::at(&root.path().join("backups"));
         store.ensure().unwrap();
         let id = draft_incident(&store, &app, Kind::Manual);
         let id2 = draft_incident(&store, &app, Kind::PreRollback);
         assert_ne!(id, id2, "same second gets a suffix");
         let v = store.verify(&id).unwrap();
-        assert_eq!(v.manifest.files[0].app_path(), Some("env.env"));
-        let stored = v.stored(&v.manifest.files[0]);
+        let entry = v.manifest.stored_files().next().unwrap().clone();
+        let stored = v.stored(&entry);
         assert_eq!(
             fs::metadata(&stored).unwrap().permissions().mode() & 0o777,
             0o600
         );
         // latest skips the pre-rollback snapshot.
         assert_eq!(store.resolve("latest").unwrap().manifest.id, id);
-        fs::write(&stored, "A=2\n").unwrap();
+        fs::write(&stored, "{}").unwrap();
         let err = store.verify(&id).unwrap_err();
         assert_eq!(crate::exit::status_of(&err), crate::exit::ExitStatus::Usage);
         assert!(err.to_string().contains("sha256"), "{err}");
@@ -824,6 +801,18 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_fifo_manifest_is_refused_without_hanging() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("incident-20251222-110221");
+        fs::create_dir(&dir).unwrap();
+        let fifo = std::ffi::CString::new(dir.join(MANIFEST).to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let err = read_manifest(&dir).unwrap_err();
+        assert!(err.contains("cannot read"), "{err}");
+    }
+
     proptest::proptest! {
         #[test]
         fn id_parsing_never_panics(s in "\\PC{0,30}") {
@@ -836,7 +825,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             fs::write(dir.path().join(MANIFEST), &s).unwrap();
             let _ = read_manifest(dir.path());
-            let _ = check_stored_path(&s);
+            let _ = manifest::check_stored_path(&s);
         }
     }
 }

@@ -1,5 +1,7 @@
-//! Running child processes: own process group (so an ssh hang-up or Ctrl-C reaches guard, not a
-//! half-done `pm2 start`), a time limit, captured output, and the exact command line in errors.
+//! The one way guard runs a child process (pm2, git, node, the deploy step): its own process
+//! group (so an ssh hang-up or Ctrl-C reaches guard, not a half-done `pm2 start`), a time
+//! limit after which the whole group is killed, output captured as bytes and optionally handed
+//! over line by line as it arrives, and the exact command line in every error.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -12,16 +14,21 @@ use tokio::process::Command;
 pub struct Output {
     /// Exit code, or None when killed by a signal.
     pub code: Option<i32>,
-    /// Captured stdout (lossy UTF-8).
-    pub stdout: String,
-    /// Captured stderr (lossy UTF-8).
-    pub stderr: String,
+    /// Captured stdout, as bytes (a binary patch or a tarball is not UTF-8).
+    pub stdout: Vec<u8>,
+    /// Captured stderr.
+    pub stderr: Vec<u8>,
 }
 
 impl Output {
     /// Exited with 0.
     pub fn success(&self) -> bool {
         self.code == Some(0)
+    }
+
+    /// stdout as text (lossy UTF-8).
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
     }
 
     /// `exit 1`, or `killed by a signal`.
@@ -34,10 +41,10 @@ impl Output {
 
     /// The last `n` non-empty lines of stderr, or of stdout when stderr is empty.
     pub fn tail(&self, n: usize) -> String {
-        let text = if self.stderr.trim().is_empty() {
-            &self.stdout
+        let text = if String::from_utf8_lossy(&self.stderr).trim().is_empty() {
+            String::from_utf8_lossy(&self.stdout)
         } else {
-            &self.stderr
+            String::from_utf8_lossy(&self.stderr)
         };
         let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
         lines[lines.len().saturating_sub(n)..].join("\n")
@@ -78,39 +85,14 @@ impl Drop for GroupKiller {
     }
 }
 
-/// Run `cmd` to completion within `limit`, capturing its output. `shown` names it in errors.
-pub async fn run(mut cmd: Command, shown: &str, limit: Duration) -> Result<Output> {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    let child = cmd
-        .spawn()
-        .with_context(|| format!("cannot run `{shown}`"))?;
-    let mut killer = GroupKiller(child.id().and_then(|p| i32::try_from(p).ok()));
-    let out = match tokio::time::timeout(limit, child.wait_with_output()).await {
-        Ok(out) => out.with_context(|| format!("waiting for `{shown}`"))?,
-        Err(_) => bail!(
-            "`{shown}` did not finish within {}",
-            humantime::format_duration(limit)
-        ),
-    };
-    killer.0 = None;
-    Ok(Output {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    })
-}
-
-/// Like [`run`], but every line the child prints (stdout or stderr) is handed to `on_line` as
-/// it arrives, for a long deploy step the operator should see progress of.
-pub async fn run_streaming(
+/// Run `cmd` to completion within `limit`, capturing its output; `shown` names it in errors.
+/// With `on_line`, every line it prints (stdout or stderr) is handed over as it arrives, for a
+/// long deploy step the operator should see progress of.
+pub async fn run(
     mut cmd: Command,
     shown: &str,
     limit: Duration,
-    mut on_line: impl FnMut(&str),
+    mut on_line: Option<&mut dyn FnMut(&str)>,
 ) -> Result<Output> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -121,7 +103,7 @@ pub async fn run_streaming(
         .spawn()
         .with_context(|| format!("cannot run `{shown}`"))?;
     let mut killer = GroupKiller(child.id().and_then(|p| i32::try_from(p).ok()));
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(bool, String)>();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(bool, Vec<u8>)>();
     if let Some(out) = child.stdout.take() {
         tokio::spawn(pump(out, false, tx.clone()));
     }
@@ -130,13 +112,17 @@ pub async fn run_streaming(
     }
     drop(tx);
     let work = async {
-        let (mut stdout, mut stderr) = (String::new(), String::new());
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
         // Ends when both pipes are closed.
         while let Some((is_err, line)) = rx.recv().await {
-            on_line(&line);
-            let buf = if is_err { &mut stderr } else { &mut stdout };
-            buf.push_str(&line);
-            buf.push('\n');
+            if let Some(f) = on_line.as_mut() {
+                f(String::from_utf8_lossy(&line).trim_end_matches(['\n', '\r']));
+            }
+            if is_err {
+                stderr.extend_from_slice(&line);
+            } else {
+                stdout.extend_from_slice(&line);
+            }
         }
         let status = child.wait().await;
         (status, stdout, stderr)
@@ -160,23 +146,21 @@ pub async fn run_streaming(
     })
 }
 
-/// Forward a pipe line by line (lossy UTF-8, so odd bytes cannot stop the reading and block
-/// the child on a full pipe).
+/// Forward a pipe line by line as raw bytes, so odd bytes cannot stop the reading and block
+/// the child on a full pipe.
 async fn pump(
     reader: impl tokio::io::AsyncRead + Unpin,
     is_err: bool,
-    tx: tokio::sync::mpsc::UnboundedSender<(bool, String)>,
+    tx: tokio::sync::mpsc::UnboundedSender<(bool, Vec<u8>)>,
 ) {
     use tokio::io::AsyncBufReadExt;
     let mut reader = tokio::io::BufReader::new(reader);
-    let mut buf = Vec::new();
     loop {
-        buf.clear();
+        let mut buf = Vec::new();
         match reader.read_until(b'\n', &mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(_) => {
-                let line = String::from_utf8_lossy(&buf);
-                let _ = tx.send((is_err, line.trim_end_matches(['\n', '\r']).to_string()));
+                let _ = tx.send((is_err, buf));
             }
         }
     }
@@ -184,7 +168,7 @@ async fn pump(
 
 /// Like [`run`], but a non-zero exit is an error carrying the command line and its last output lines.
 pub async fn run_ok(cmd: Command, shown: &str, limit: Duration) -> Result<Output> {
-    let out = run(cmd, shown, limit).await?;
+    let out = run(cmd, shown, limit, None).await?;
     if !out.success() {
         bail!(
             "`{shown}` failed ({}): {}",
@@ -213,7 +197,7 @@ mod tests {
         let mut cmd = Command::new("sh");
         cmd.args(["-c", "sleep 5"]);
         let start = std::time::Instant::now();
-        let err = run(cmd, "sh -c 'sleep 5'", Duration::from_millis(200))
+        let err = run(cmd, "sh -c 'sleep 5'", Duration::from_millis(200), None)
             .await
             .unwrap_err();
         assert!(start.elapsed() < Duration::from_secs(2));
@@ -221,20 +205,19 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread")]
-    async fn streaming_hands_over_every_line_and_captures_them() {
+    async fn lines_are_handed_over_and_captured_as_bytes() {
         let mut cmd = Command::new("sh");
-        cmd.args(["-c", "echo one; echo two >&2; printf 'three'"]);
+        cmd.args(["-c", "echo one; echo two >&2; printf 'three\\377'"]);
         let mut seen = Vec::new();
-        let out = run_streaming(cmd, "sh", Duration::from_secs(5), |l| {
-            seen.push(l.to_string())
-        })
-        .await
-        .unwrap();
+        let mut on_line = |l: &str| seen.push(l.to_string());
+        let out = run(cmd, "sh", Duration::from_secs(5), Some(&mut on_line))
+            .await
+            .unwrap();
         seen.sort();
-        assert_eq!(seen, ["one", "three", "two"]);
+        assert_eq!(seen, ["one", "three\u{fffd}", "two"]);
         assert!(out.success());
-        assert_eq!(out.stdout, "one\nthree\n");
-        assert_eq!(out.stderr, "two\n");
+        assert_eq!(out.stdout, b"one\nthree\xff");
+        assert_eq!(out.stderr, b"two\n");
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -1,0 +1,91 @@
+//! `guard list`: the incidents in backup.dir, newest first.
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::Done;
+use crate::exit::Happened;
+use crate::ops::Ctx;
+use crate::store::{Kind, RunRecord};
+
+/// One incident in `--json`.
+#[derive(Serialize)]
+struct Row {
+    id: String,
+    time: Option<String>,
+    kind: Option<Kind>,
+    reason: Option<String>,
+    commit: Option<String>,
+    contents: Option<String>,
+    outcome: Option<RunRecord>,
+    broken: Option<String>,
+    size_bytes: u64,
+}
+
+/// `--json` data of `guard list`.
+#[derive(Serialize)]
+struct ListData<'a> {
+    backup_dir: &'a std::path::Path,
+    incidents: Vec<Row>,
+}
+
+/// `guard list`.
+pub async fn run(ctx: &mut Ctx<'_>) -> Result<Done> {
+    let incidents = ctx.store.list()?;
+    let mut rows = Vec::new();
+    ctx.printer.line(format!(
+        "{:<20} {:<24} {:<12} {:<13} {:<14} {:>9}  reason",
+        "id", "time", "kind", "commit", "outcome", "size"
+    ));
+    for l in &incidents {
+        let size = l.size();
+        let outcome = l
+            .outcome
+            .as_ref()
+            .map(|o| o.verdict.clone())
+            .unwrap_or_else(|| "-".into());
+        match &l.manifest {
+            Ok(m) => {
+                let commit = m.fingerprint().unwrap_or_else(|| "-".into());
+                ctx.printer.line(format!(
+                    "{:<20} {:<24} {:<12} {:<13} {:<14} {:>9}  {}",
+                    l.id, m.created_at, m.kind, commit, outcome, size, m.reason
+                ));
+                rows.push(Row {
+                    id: l.id.clone(),
+                    time: Some(m.created_at.clone()),
+                    kind: Some(m.kind),
+                    reason: Some(m.reason.clone()),
+                    commit: m.commit().map(String::from),
+                    contents: Some(m.contents()),
+                    outcome: l.outcome.clone(),
+                    broken: None,
+                    size_bytes: size,
+                });
+            }
+            Err(e) => {
+                ctx.printer.line(format!("{:<20} BROKEN: {e}", l.id));
+                rows.push(Row {
+                    id: l.id.clone(),
+                    time: None,
+                    kind: None,
+                    reason: None,
+                    commit: None,
+                    contents: None,
+                    outcome: None,
+                    broken: Some(e.clone()),
+                    size_bytes: size,
+                });
+            }
+        }
+    }
+    let dir = ctx.store.dir().to_path_buf();
+    ctx.printer.set_data(&ListData {
+        backup_dir: &dir,
+        incidents: rows,
+    });
+    Ok(Done::new(
+        Happened::Done,
+        format!("{} incident(s) in {}", incidents.len(), dir.display()),
+    ))
+}

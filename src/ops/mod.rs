@@ -1,0 +1,165 @@
+//! The operations layer: the steps that commands share (lock, snapshot, restore, restart,
+//! verify, save, record, clean), each printed as one step line. Commands only sequence these;
+//! no command module imports another.
+
+pub mod restart;
+pub mod restore;
+pub mod snapshot;
+
+use std::time::Instant;
+
+use anyhow::Result;
+
+use crate::clean;
+use crate::evidence;
+use crate::exit::{ExitStatus, usage};
+use crate::git::Git;
+use crate::lock::Lock;
+use crate::origin::Origin;
+use crate::output::{Printer, StepState};
+use crate::pm2::Pm2;
+use crate::probe::Prober;
+use crate::settings::Settings;
+use crate::signals::Cancel;
+use crate::store::{RunRecord, Store};
+use crate::verdict::Verdict;
+
+/// What every step needs: the settings, the one printer, the stop signal, who runs it, and
+/// the incident store.
+pub struct Ctx<'a> {
+    /// Validated settings.
+    pub settings: Settings,
+    /// The one printer.
+    pub printer: &'a mut Printer,
+    /// Set when SIGINT/SIGTERM arrives.
+    pub cancel: Cancel,
+    /// This run.
+    pub origin: Origin,
+    /// The incident store.
+    pub store: Store,
+}
+
+/// The two tools a deploy or rollback drives: PM2 and the health probe.
+pub struct Tools {
+    /// The pm2 adapter.
+    pub pm2: Pm2,
+    /// The health prober.
+    pub prober: Prober,
+}
+
+impl Ctx<'_> {
+    /// PM2 and the prober for these settings; a missing pm2 is a usage error (nothing changed).
+    pub fn tools(&self) -> Result<Tools> {
+        Ok(Tools {
+            pm2: Pm2::new(&self.settings)?,
+            prober: Prober::new(&self.settings.health)?,
+        })
+    }
+}
+
+/// Create backup.dir if needed and take the app's lock (exit 5 if held).
+pub fn lock(ctx: &mut Ctx<'_>) -> Result<Lock> {
+    ctx.store.ensure()?;
+    let t = Instant::now();
+    let lock = Lock::acquire(ctx.store.dir(), &ctx.settings.app.name)?;
+    if let Some(dead) = &lock.taken_over {
+        ctx.printer.step(
+            "lock",
+            StepState::Warn,
+            t.elapsed(),
+            format!(
+                "took over the lock of a run that died: pid {} on {}, started {}",
+                dead.pid, dead.host, dead.started_at
+            ),
+        );
+    }
+    Ok(lock)
+}
+
+/// Every backup.files entry must exist before anything is changed (a usage error otherwise).
+pub fn check_files(ctx: &Ctx<'_>) -> Result<()> {
+    for rel in &ctx.settings.backup.files {
+        let p = ctx.settings.app.dir.join(rel);
+        if !p.is_file() {
+            return Err(usage(format!(
+                "backup.files entry {} is not a file: {} does not exist or is not a regular file (config {})",
+                rel.display(),
+                p.display(),
+                ctx.settings.config_path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The clean step: remove what is there and say so.
+pub fn clean_step(ctx: &mut Ctx<'_>, name: &str) -> Result<()> {
+    let t = Instant::now();
+    let found = clean::find(&ctx.settings)?;
+    if found.is_empty() {
+        ctx.printer
+            .step(name, StepState::Ok, t.elapsed(), "no artifacts");
+    } else {
+        clean::remove(&ctx.settings.app.dir, &found)?;
+        ctx.printer.step(
+            name,
+            StepState::Warn,
+            t.elapsed(),
+            format!("removed {}", clean::summary(&found)),
+        );
+    }
+    Ok(())
+}
+
+/// The commit checked out in app.dir, if it is a git work tree.
+pub async fn current_commit(ctx: &Ctx<'_>) -> Option<String> {
+    let git = Git::open(&ctx.settings.app.dir).await?;
+    git.head().await.ok()
+}
+
+/// Record the outcome in an incident's outcome.json; a failure to do so is only logged.
+pub fn record(
+    ctx: &Ctx<'_>,
+    id: &str,
+    command: &str,
+    status: ExitStatus,
+    summary: &str,
+    before: Option<String>,
+    after: Option<String>,
+) {
+    let outcome = RunRecord {
+        command: command.into(),
+        verdict: status.to_string(),
+        reason: Some(ctx.printer.redactor().redact(summary)),
+        exit_code: status.code(),
+        at: crate::origin::now_rfc3339(),
+        before,
+        after,
+    };
+    if let Err(e) = ctx.store.set_outcome(id, &outcome) {
+        tracing::warn!("recording the outcome in incident {id}: {e:#}");
+    }
+}
+
+/// Save the app's log tails into the incident and show the last lines of the error log.
+pub fn save_evidence(ctx: &mut Ctx<'_>, id: &str, verdict: &Verdict) {
+    let tails = evidence::collect(&verdict.instances, ctx.printer.redactor());
+    for tail in &tails {
+        match ctx.store.save_evidence(id, &tail.name, &tail.text) {
+            Ok(path) => tracing::info!("saved {}", path.display()),
+            Err(e) => tracing::warn!("saving log evidence: {e:#}"),
+        }
+    }
+    if let Some(err) = tails
+        .iter()
+        .find(|t| t.name.ends_with("-error.log") && !t.text.trim().is_empty())
+    {
+        ctx.printer.detail(format!(
+            "from {} (tail saved in incident {id}, logs/):",
+            err.name
+        ));
+        for line in evidence::excerpt(&err.text, 6) {
+            ctx.printer.detail(format!("  {line}"));
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! Putting a snapshot back: the app tree made identical to it (format 1: the single files and
+//! `git reset --hard` + patch), HEAD and the index moved to the recorded commit, then, for a
+//! restart, proof that what runs is what was restored.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+
+use super::{Ctx, Tools, restart};
+use crate::atomic;
+use crate::exit::usage;
+use crate::git::Git;
+use crate::output::StepState;
+use crate::redact::{Redactor, is_env_file};
+use crate::store::{Part, Verified, tree};
+use crate::verdict::{Reason, Verdict};
+use crate::watch::Start;
+
+/// Refuse, before anything changes, an incident that cannot be restored here: a commit that
+/// is not in the repository, or a stored object that is missing or corrupted among those the
+/// restore would need.
+pub async fn check(ctx: &Ctx<'_>, target: &Verified) -> Result<()> {
+    let id = &target.manifest.id;
+    let dir = &ctx.settings.app.dir;
+    if let Some(commit) = target.manifest.commit() {
+        let Some(git) = Git::open(dir).await else {
+            return Err(usage(format!(
+                "incident {id} records commit {commit} but {} is not a git work tree; nothing was changed",
+                dir.display()
+            )));
+        };
+        if !git.has_commit(commit).await {
+            return Err(usage(format!(
+                "incident {id} records commit {commit}, which is not in the repository at {} (fetch it first); nothing was changed",
+                dir.display()
+            )));
+        }
+    }
+    if let Some(entries) = tree_without_artifacts(ctx, target)? {
+        let plan = tree::plan(dir, &ctx.settings.backup.exclude, &entries)?;
+        check_objects(ctx, target, &plan)?;
+    }
+    Ok(())
+}
+
+fn check_objects(ctx: &Ctx<'_>, target: &Verified, plan: &tree::Plan) -> Result<()> {
+    let objects = ctx.store.objects();
+    for (hash, size) in plan.needed_objects() {
+        objects.check(hash, size).map_err(|e| {
+            usage(format!(
+                "incident {} is broken: {e:#}; nothing was changed",
+                target.manifest.id
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+/// The snapshot's tree less what the clean rules call artifacts (a stale `dist/` is never
+/// brought back into a restart).
+fn tree_without_artifacts(ctx: &Ctx<'_>, target: &Verified) -> Result<Option<Vec<tree::Entry>>> {
+    Ok(target.tree_entries()?.map(|mut entries| {
+        entries.retain(|e| {
+            !crate::clean::is_artifact(&ctx.settings, &e.path, matches!(e.node, tree::Node::Dir))
+        });
+        entries
+    }))
+}
+
+/// Also mask the env values of the incident being restored: they may differ from today's.
+pub fn learn_secrets(ctx: &mut Ctx<'_>, target: &Verified) {
+    let mut r: Redactor = ctx.printer.redactor().clone();
+    for f in target.manifest.stored_files() {
+        if f.app_path()
+            .is_some_and(|p| is_env_file(std::path::Path::new(p)))
+            && let Ok(text) = std::fs::read_to_string(target.stored(f))
+        {
+            r.add_env_text(&text);
+        }
+    }
+    ctx.printer.set_redactor(r);
+}
+
+/// What a restore put back.
+#[derive(Debug)]
+pub struct Restored {
+    /// When the files were back (ms since the epoch): every instance must start after it.
+    pub at_ms: i64,
+    /// The tree, to check against after the restart.
+    pub tree: Option<Vec<tree::Entry>>,
+}
+
+/// Put code and files back as the incident recorded them. Does not touch PM2.
+pub async fn put_back(ctx: &mut Ctx<'_>, target: &Verified) -> Result<Restored> {
+    let t = Instant::now();
+    let app_dir = ctx.settings.app.dir.clone();
+    let mut said = Vec::new();
+    let git = Git::open(&app_dir).await;
+    let from = match &git {
+        Some(g) => g.head().await.ok(),
+        None => None,
+    };
+    let short = |c: &str| c[..c.len().min(12)].to_string();
+    let tree_entries = tree_without_artifacts(ctx, target)?;
+    if let Some(entries) = &tree_entries {
+        let plan = tree::plan(&app_dir, &ctx.settings.backup.exclude, entries)?;
+        check_objects(ctx, target, &plan)?;
+        tree::apply(&app_dir, &plan, &ctx.store.objects())
+            .with_context(|| format!("restoring {}", app_dir.display()))?;
+        said.push(if plan.is_empty() {
+            format!("tree unchanged ({} file(s))", plan.unchanged)
+        } else {
+            format!(
+                "tree: {} written, {} removed, {} unchanged",
+                plan.write.len(),
+                plan.remove.len(),
+                plan.unchanged
+            )
+        });
+    }
+    for part in &target.manifest.parts {
+        match part {
+            Part::Git { commit, patch } => {
+                let git = git.as_ref().with_context(|| {
+                    format!(
+                        "incident records commit {commit} but {} is not a git work tree",
+                        app_dir.display()
+                    )
+                })?;
+                if tree_entries.is_some() {
+                    // The files are already right: move HEAD and the index only.
+                    git.reset_index(commit).await?;
+                } else {
+                    git.reset_hard(commit).await?;
+                    if let Some(p) = patch {
+                        git.apply(&target.stored(p)).await?;
+                        said.push("uncommitted changes re-applied".into());
+                    }
+                }
+                match &from {
+                    Some(f) if f == commit => said.insert(0, format!("code stays on {}", short(f))),
+                    _ => said.insert(
+                        0,
+                        format!(
+                            "code {} -> {}",
+                            from.as_deref().map(short).unwrap_or_else(|| "?".into()),
+                            git.subject(commit).await.unwrap_or_else(|_| short(commit))
+                        ),
+                    ),
+                }
+            }
+            Part::Files { files } => {
+                for entry in files {
+                    let Some(rel) = entry.app_path() else {
+                        continue;
+                    };
+                    let bytes = std::fs::read(target.stored(entry))
+                        .with_context(|| format!("reading {}", target.stored(entry).display()))?;
+                    let dest = app_dir.join(rel);
+                    if let Some(parent) = dest.parent() {
+                        std::fs::create_dir_all(parent)
+                            .with_context(|| format!("creating {}", parent.display()))?;
+                    }
+                    atomic::write(&dest, &bytes, entry.mode & 0o777)
+                        .with_context(|| format!("restoring {}", dest.display()))?;
+                }
+                said.push(format!("{} file(s) restored", files.len()));
+            }
+            Part::Tree { .. } | Part::Pm2Dump { .. } => {}
+        }
+    }
+    ctx.printer.step(
+        "restore",
+        StepState::Ok,
+        t.elapsed(),
+        format!("incident {}: {}", target.manifest.id, said.join(", ")),
+    );
+    Ok(Restored {
+        at_ms: jiff::Timestamp::now().as_millisecond(),
+        tree: tree_entries,
+    })
+}
+
+/// Restore an incident, restart the app from its ecosystem (delete + start) and verify it.
+/// Healthy only when every instance started after the restore and app.dir still matches the
+/// snapshot after the stability window. On a healthy verdict PM2's dump is saved so a reboot
+/// brings back the same version.
+pub async fn restore_and_restart(
+    ctx: &mut Ctx<'_>,
+    tools: &Tools,
+    target: &Verified,
+) -> Result<Verdict> {
+    let restored = put_back(ctx, target).await?;
+    if let Err(v) = restart::restart(ctx, tools).await {
+        return Ok(v);
+    }
+    let never = crate::signals::Cancel::never();
+    let verdict = crate::verify::verify(
+        &tools.pm2,
+        &tools.prober,
+        restart::rules(ctx, Start::Fresh),
+        ctx.settings.health.interval,
+        &never,
+    )
+    .await?;
+    let verdict = prove(ctx, verdict, &restored)?;
+    restart::print_verdict(ctx, &verdict);
+    if verdict.healthy {
+        restart::save_step(ctx, tools).await;
+    }
+    Ok(verdict)
+}
+
+/// A healthy verdict after a restore stands only if what runs is what was restored.
+fn prove(ctx: &Ctx<'_>, mut verdict: Verdict, restored: &Restored) -> Result<Verdict> {
+    if !verdict.healthy {
+        return Ok(verdict);
+    }
+    if let Some(stale) = verdict
+        .instances
+        .iter()
+        .find(|i| i.started_at_ms.is_none_or(|s| s < restored.at_ms - 1000))
+    {
+        let instance = stale.pm_id;
+        verdict.overrule(Reason::NotRestartedAfterRestore { instance });
+        return Ok(verdict);
+    }
+    if let Some(entries) = &restored.tree {
+        let (paths, count) = tree::differences(
+            &ctx.settings.app.dir,
+            &ctx.settings.backup.exclude,
+            entries,
+            5,
+        )?;
+        if count > 0 {
+            verdict.overrule(Reason::TreeDiffers { paths, count });
+        }
+    }
+    Ok(verdict)
+}

@@ -1,0 +1,920 @@
+//! Whole-tree snapshots of the app folder: every file, folder and symlink (as a symlink) with
+//! its mode, except `.git` and `backup.exclude`, recorded as an index of entries whose file
+//! contents live in the object store. Restore makes the folder identical to the index:
+//! changed or missing files written atomically, extra paths removed (never through a symlink,
+//! never an excluded path), unchanged files untouched.
+//!
+//! Speed comes from a stat cache, as git's index does it: a file whose size, mtime, ctime and
+//! inode equal those recorded in the previous snapshot is not read again. ctime cannot be set
+//! by a program, so a rewrite always shows.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::fs;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use super::objects::{Objects, hash_reader, open_nofollow, valid_hash};
+
+/// What an entry is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Node {
+    /// A folder.
+    Dir,
+    /// A regular file with its content hash and size.
+    File {
+        /// BLAKE3 of the content.
+        hash: String,
+        /// Bytes.
+        size: u64,
+    },
+    /// A symlink and its target, never followed.
+    Link {
+        /// The target as written in the link.
+        target: PathBuf,
+    },
+}
+
+/// The stat fields that tell an unchanged file without reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StatKey {
+    /// Size.
+    pub size: u64,
+    /// mtime in ns.
+    pub mtime: i64,
+    /// ctime in ns.
+    pub ctime: i64,
+    /// inode.
+    pub ino: u64,
+}
+
+impl StatKey {
+    fn of(m: &fs::Metadata) -> StatKey {
+        StatKey {
+            size: m.len(),
+            mtime: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+            ctime: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+            ino: m.ino(),
+        }
+    }
+}
+
+/// One path of the tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Relative to app.dir.
+    pub path: PathBuf,
+    /// What it is.
+    pub node: Node,
+    /// Permission bits (no setuid, setgid or sticky bits are ever restored).
+    pub mode: u32,
+    /// Stat at snapshot time (files only).
+    pub stat: StatKey,
+}
+
+/// One line of the index file, as JSON.
+#[derive(Serialize, Deserialize)]
+struct Line {
+    /// Path as UTF-8, or `px` with the bytes in hex when it is not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    p: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    px: Option<String>,
+    /// d, f or l.
+    t: char,
+    m: u32,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    h: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    s: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    l: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    lx: Option<String>,
+    #[serde(default)]
+    mt: i64,
+    #[serde(default)]
+    ct: i64,
+    #[serde(default)]
+    i: u64,
+}
+
+fn os_to_fields(p: &OsStr) -> (Option<String>, Option<String>) {
+    match p.to_str() {
+        Some(s) => (Some(s.to_string()), None),
+        None => (None, Some(hex::encode(p.as_bytes()))),
+    }
+}
+
+fn fields_to_path(s: Option<String>, x: Option<String>) -> Option<PathBuf> {
+    match (s, x) {
+        (Some(s), None) => Some(PathBuf::from(s)),
+        (None, Some(x)) => hex::decode(x)
+            .ok()
+            .map(|b| PathBuf::from(OsStr::from_bytes(&b))),
+        _ => None,
+    }
+}
+
+impl Entry {
+    fn to_line(&self) -> Line {
+        let (p, px) = os_to_fields(self.path.as_os_str());
+        let mut line = Line {
+            p,
+            px,
+            t: 'd',
+            m: self.mode,
+            h: None,
+            s: None,
+            l: None,
+            lx: None,
+            mt: self.stat.mtime,
+            ct: self.stat.ctime,
+            i: self.stat.ino,
+        };
+        match &self.node {
+            Node::Dir => {}
+            Node::File { hash, size } => {
+                line.t = 'f';
+                line.h = Some(hash.clone());
+                line.s = Some(*size);
+            }
+            Node::Link { target } => {
+                line.t = 'l';
+                let (l, lx) = os_to_fields(target.as_os_str());
+                line.l = l;
+                line.lx = lx;
+            }
+        }
+        line
+    }
+
+    fn from_line(line: Line) -> Result<Entry, String> {
+        let path = fields_to_path(line.p, line.px).ok_or("an entry without a path")?;
+        check_rel(&path)?;
+        if line.m > 0o777 {
+            return Err(format!(
+                "{} has mode {:o}: guard never restores setuid, setgid or sticky bits",
+                path.display(),
+                line.m
+            ));
+        }
+        let node = match line.t {
+            'd' => Node::Dir,
+            'f' => {
+                let hash = line.h.ok_or("a file without a hash")?;
+                if !valid_hash(&hash) {
+                    return Err(format!("{} has a malformed hash", path.display()));
+                }
+                Node::File {
+                    hash,
+                    size: line.s.ok_or("a file without a size")?,
+                }
+            }
+            'l' => Node::Link {
+                target: fields_to_path(line.l, line.lx).ok_or("a link without a target")?,
+            },
+            other => return Err(format!("unknown entry type {other:?}")),
+        };
+        Ok(Entry {
+            path,
+            node,
+            mode: line.m,
+            stat: StatKey {
+                size: line.s.unwrap_or(0),
+                mtime: line.mt,
+                ctime: line.ct,
+                ino: line.i,
+            },
+        })
+    }
+}
+
+/// A path inside the tree: relative, no `..`, nothing under a `.git` folder.
+fn check_rel(p: &Path) -> Result<(), String> {
+    let ok = p.components().count() > 0
+        && p.components()
+            .all(|c| matches!(c, Component::Normal(n) if n != ".git"));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{:?} is not a path inside the app folder that guard restores",
+            p.display().to_string()
+        ))
+    }
+}
+
+/// Paths left out of snapshots and never touched by a restore: gitignore-style patterns.
+#[derive(Debug, Clone, Default)]
+pub struct Excludes {
+    rules: Vec<Rule>,
+}
+
+#[derive(Debug, Clone)]
+struct Rule {
+    pattern: glob::Pattern,
+    /// Matched against the whole relative path (a `/` inside the pattern), else the name.
+    anchored: bool,
+    /// Only folders (a trailing `/`).
+    dir_only: bool,
+}
+
+const MATCH: glob::MatchOptions = glob::MatchOptions {
+    case_sensitive: true,
+    require_literal_separator: true,
+    require_literal_leading_dot: false,
+};
+
+impl Excludes {
+    /// Parse patterns like `logs/`, `/uploads`, `*.log`, `cache/tmp`; a bad one is an error
+    /// naming it.
+    pub fn new(patterns: &[String]) -> Result<Excludes, String> {
+        let mut rules = Vec::new();
+        for raw in patterns {
+            let mut p = raw.as_str();
+            let dir_only = p.ends_with('/');
+            p = p.trim_end_matches('/');
+            let anchored = p.contains('/');
+            p = p.trim_start_matches('/');
+            if p.is_empty() || p.split('/').any(|c| c == ".." || c == ".") {
+                return Err(format!(
+                    "backup.exclude entry {raw:?} must be a pattern inside app.dir"
+                ));
+            }
+            let pattern =
+                glob::Pattern::new(p).map_err(|e| format!("backup.exclude entry {raw:?}: {e}"))?;
+            rules.push(Rule {
+                pattern,
+                anchored,
+                dir_only,
+            });
+        }
+        Ok(Excludes { rules })
+    }
+
+    /// Whether `rel` (a folder when `is_dir`) is excluded. `.git` always is.
+    pub fn excluded(&self, rel: &Path, is_dir: bool) -> bool {
+        let name = rel.file_name().unwrap_or_default();
+        if name == ".git" {
+            return true;
+        }
+        let Some(rel_s) = rel.to_str() else {
+            return false;
+        };
+        let name_s = name.to_str().unwrap_or_default();
+        self.rules.iter().any(|r| {
+            (!r.dir_only || is_dir)
+                && if r.anchored {
+                    r.pattern.matches_with(rel_s, MATCH)
+                } else {
+                    r.pattern.matches_with(name_s, MATCH)
+                }
+        })
+    }
+}
+
+/// A path found on disk by [`scan`].
+#[derive(Debug)]
+pub struct Found {
+    /// Relative path.
+    pub path: PathBuf,
+    /// Its lstat.
+    pub meta: fs::Metadata,
+}
+
+/// Every path under `root` that is not excluded, parents before children, sorted; symlinks
+/// are not followed; sockets, FIFOs and devices are left out (and left alone).
+pub fn scan(root: &Path, excludes: &Excludes) -> Result<Vec<Found>> {
+    let mut out = Vec::new();
+    scan_into(root, Path::new(""), excludes, &mut out)?;
+    Ok(out)
+}
+
+fn scan_into(root: &Path, rel: &Path, excludes: &Excludes, out: &mut Vec<Found>) -> Result<()> {
+    let dir = root.join(rel);
+    let mut names: Vec<_> = fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<std::io::Result<_>>()
+        .with_context(|| format!("reading {}", dir.display()))?;
+    names.sort();
+    for name in names {
+        let child = rel.join(&name);
+        let full = root.join(&child);
+        let meta = fs::symlink_metadata(&full)
+            .with_context(|| format!("inspecting {}", full.display()))?;
+        let ft = meta.file_type();
+        if !(ft.is_dir() || ft.is_file() || ft.is_symlink()) {
+            continue;
+        }
+        if excludes.excluded(&child, ft.is_dir()) {
+            continue;
+        }
+        let is_dir = ft.is_dir();
+        out.push(Found {
+            path: child.clone(),
+            meta,
+        });
+        if is_dir {
+            scan_into(root, &child, excludes, out)?;
+        }
+    }
+    Ok(())
+}
+
+/// What a capture did, for the step line and the bench.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CaptureStats {
+    /// Entries in the index.
+    pub entries: u64,
+    /// Files in the tree.
+    pub files: u64,
+    /// Bytes of all files.
+    pub bytes: u64,
+    /// Files read and hashed (not known from the stat cache).
+    pub hashed: u64,
+    /// New objects stored.
+    pub stored: u64,
+    /// Bytes of the new objects.
+    pub stored_bytes: u64,
+}
+
+/// The stat cache: what a previous snapshot knew about each file.
+pub type Cache = HashMap<PathBuf, (StatKey, String)>;
+
+/// Build a cache from a previous index.
+pub fn cache_from(entries: &[Entry]) -> Cache {
+    entries
+        .iter()
+        .filter_map(|e| match &e.node {
+            Node::File { hash, .. } => Some((e.path.clone(), (e.stat, hash.clone()))),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Snapshot the tree at `root` into `objects`, writing the index to `index_path`. Returns the
+/// sha256 of the index file and what was done.
+pub fn capture(
+    root: &Path,
+    excludes: &Excludes,
+    objects: &Objects,
+    cache: &Cache,
+    index_path: &Path,
+) -> Result<(String, u64, CaptureStats)> {
+    let found = scan(root, excludes)?;
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(index_path)
+        .with_context(|| format!("creating {}", index_path.display()))?;
+    let mut w = HashingWriter::new(BufWriter::new(file));
+    let mut stats = CaptureStats::default();
+    for f in found {
+        let full = root.join(&f.path);
+        let ft = f.meta.file_type();
+        let mode = f.meta.permissions().mode() & 0o777;
+        let node = if ft.is_dir() {
+            Node::Dir
+        } else if ft.is_symlink() {
+            Node::Link {
+                target: fs::read_link(&full)
+                    .with_context(|| format!("reading link {}", full.display()))?,
+            }
+        } else {
+            let key = StatKey::of(&f.meta);
+            stats.files += 1;
+            stats.bytes += key.size;
+            let known = cache
+                .get(&f.path)
+                .filter(|(k, h)| *k == key && objects.has(h))
+                .map(|(_, h)| h.clone());
+            let (hash, size) = match known {
+                Some(h) => (h, key.size),
+                None => {
+                    stats.hashed += 1;
+                    let (h, n) = hash_reader(
+                        open_nofollow(&full)
+                            .with_context(|| format!("reading {}", full.display()))?,
+                    )
+                    .with_context(|| format!("reading {}", full.display()))?;
+                    if objects.has(&h) {
+                        (h, n)
+                    } else {
+                        // What was copied is what is recorded, should the file change meanwhile.
+                        let (h, n) = objects.store(&full)?;
+                        stats.stored += 1;
+                        stats.stored_bytes += n;
+                        (h, n)
+                    }
+                }
+            };
+            let entry = Entry {
+                path: f.path,
+                node: Node::File { hash, size },
+                mode,
+                stat: key,
+            };
+            write_line(&mut w, &entry, index_path)?;
+            stats.entries += 1;
+            continue;
+        };
+        let entry = Entry {
+            path: f.path,
+            node,
+            mode,
+            stat: StatKey::default(),
+        };
+        write_line(&mut w, &entry, index_path)?;
+        stats.entries += 1;
+    }
+    let (hash, size, inner) = w.finish();
+    let file = inner
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .with_context(|| format!("writing {}", index_path.display()))?;
+    file.sync_all()
+        .with_context(|| format!("syncing {}", index_path.display()))?;
+    Ok((hash, size, stats))
+}
+
+fn write_line(w: &mut impl Write, e: &Entry, path: &Path) -> Result<()> {
+    serde_json::to_writer(&mut *w, &e.to_line())
+        .with_context(|| format!("writing {}", path.display()))?;
+    w.write_all(b"\n")
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Computes the sha256 of what passes through, so the index is hashed as it is written.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: sha2::Sha256,
+    size: u64,
+}
+
+impl<W: Write> HashingWriter<W> {
+    fn new(inner: W) -> Self {
+        HashingWriter {
+            inner,
+            hasher: sha2::Digest::new(),
+            size: 0,
+        }
+    }
+    fn finish(self) -> (String, u64, W) {
+        (
+            hex::encode(sha2::Digest::finalize(self.hasher)),
+            self.size,
+            self.inner,
+        )
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        sha2::Digest::update(&mut self.hasher, &buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Read an index file (already checked against its hash by the caller).
+pub fn read_index(path: &Path) -> Result<Vec<Entry>> {
+    let f = open_nofollow(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for (n, line) in BufReader::new(f).lines().enumerate() {
+        let line = line.with_context(|| format!("reading {}", path.display()))?;
+        let parsed: Line = serde_json::from_str(&line)
+            .with_context(|| format!("{} line {}: not an index entry", path.display(), n + 1))?;
+        let entry = Entry::from_line(parsed)
+            .map_err(|e| anyhow::anyhow!("{} line {}: {e}", path.display(), n + 1))?;
+        if !seen.insert(entry.path.clone()) {
+            bail!("{} line {}: a path listed twice", path.display(), n + 1);
+        }
+        out.push(entry);
+    }
+    Ok(out)
+}
+
+/// What a restore will do, worked out before anything changes.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Paths to remove first (a folder with all it holds; a link as a link).
+    pub remove: Vec<PathBuf>,
+    /// Entries to (re)create or rewrite, parents before children.
+    pub write: Vec<Entry>,
+    /// Paths whose permission bits only need setting.
+    pub chmod: Vec<(PathBuf, u32)>,
+    /// Files left as they are.
+    pub unchanged: u64,
+}
+
+impl Plan {
+    /// Whether the tree already matches.
+    pub fn is_empty(&self) -> bool {
+        self.remove.is_empty() && self.write.is_empty() && self.chmod.is_empty()
+    }
+
+    /// The objects the writes need, with their sizes.
+    pub fn needed_objects(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.write.iter().filter_map(|e| match &e.node {
+            Node::File { hash, size } => Some((hash.as_str(), *size)),
+            _ => None,
+        })
+    }
+}
+
+/// Compare the live tree with a snapshot. Live files whose stat differs from the snapshot's
+/// are hashed, so content that came back identical (a reinstall) is left alone.
+pub fn plan(root: &Path, excludes: &Excludes, snapshot: &[Entry]) -> Result<Plan> {
+    let live = scan(root, excludes)?;
+    let mut live_by: HashMap<&Path, &Found> = HashMap::with_capacity(live.len());
+    for f in &live {
+        live_by.insert(&f.path, f);
+    }
+    let wanted: HashMap<&Path, &Entry> = snapshot
+        .iter()
+        .filter(|e| !excluded_by_any_parent(&e.path, excludes))
+        .map(|e| (e.path.as_path(), e))
+        .collect();
+    let mut plan = Plan::default();
+    let mut removed_dirs: Vec<&Path> = Vec::new();
+    for f in &live {
+        if removed_dirs.iter().any(|d| f.path.starts_with(d)) {
+            continue;
+        }
+        let ft = f.meta.file_type();
+        let keep = match wanted.get(f.path.as_path()) {
+            Some(e) => matches!(
+                (&e.node, ft.is_dir(), ft.is_file(), ft.is_symlink()),
+                (Node::Dir, true, _, _)
+                    | (Node::File { .. }, _, true, _)
+                    | (Node::Link { .. }, _, _, true)
+            ),
+            None => false,
+        };
+        if !keep {
+            if ft.is_dir() {
+                removed_dirs.push(&f.path);
+            }
+            plan.remove.push(f.path.clone());
+        }
+    }
+    for e in snapshot {
+        if !wanted.contains_key(e.path.as_path()) {
+            continue;
+        }
+        let live = live_by
+            .get(e.path.as_path())
+            .filter(|f| !plan.remove.iter().any(|r| f.path.starts_with(r)));
+        let Some(live) = live else {
+            plan.write.push(e.clone());
+            continue;
+        };
+        let live_mode = live.meta.permissions().mode() & 0o777;
+        match &e.node {
+            Node::Dir => {
+                if live_mode != e.mode {
+                    plan.chmod.push((e.path.clone(), e.mode));
+                }
+            }
+            Node::Link { target } => {
+                let now = fs::read_link(root.join(&e.path)).ok();
+                if now.as_ref() != Some(target) {
+                    plan.remove.push(e.path.clone());
+                    plan.write.push(e.clone());
+                }
+            }
+            Node::File { hash, .. } => {
+                let key = StatKey::of(&live.meta);
+                let same = key == e.stat || {
+                    let full = root.join(&e.path);
+                    let (h, _) = hash_reader(
+                        open_nofollow(&full)
+                            .with_context(|| format!("reading {}", full.display()))?,
+                    )
+                    .with_context(|| format!("reading {}", full.display()))?;
+                    &h == hash
+                };
+                if same {
+                    plan.unchanged += 1;
+                    if live_mode != e.mode {
+                        plan.chmod.push((e.path.clone(), e.mode));
+                    }
+                } else {
+                    plan.write.push(e.clone());
+                }
+            }
+        }
+    }
+    Ok(plan)
+}
+
+fn excluded_by_any_parent(path: &Path, excludes: &Excludes) -> bool {
+    let mut acc = PathBuf::new();
+    let n = path.components().count();
+    for (i, c) in path.components().enumerate() {
+        acc.push(c);
+        if excludes.excluded(&acc, i + 1 < n) {
+            return true;
+        }
+    }
+    false
+}
+
+/// Carry out a plan. Every parent of a written path is checked to be a real folder (never a
+/// symlink) right before the write.
+pub fn apply(root: &Path, plan: &Plan, objects: &Objects) -> Result<()> {
+    for rel in &plan.remove {
+        let full = root.join(rel);
+        ensure_real_parent(root, rel)?;
+        let Ok(meta) = fs::symlink_metadata(&full) else {
+            continue;
+        };
+        // remove_dir_all does not follow symlinks inside the folder.
+        let r = if meta.is_dir() {
+            fs::remove_dir_all(&full)
+        } else {
+            fs::remove_file(&full)
+        };
+        r.with_context(|| format!("removing {}", full.display()))?;
+    }
+    let mut dir_modes = Vec::new();
+    for e in &plan.write {
+        ensure_real_parent(root, &e.path)?;
+        let full = root.join(&e.path);
+        match &e.node {
+            Node::Dir => {
+                fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(&full)
+                    .with_context(|| format!("creating {}", full.display()))?;
+                dir_modes.push((e.path.clone(), e.mode));
+            }
+            Node::File { hash, .. } => {
+                let parent = full.parent().unwrap_or(root);
+                let tmp = parent.join(format!(
+                    ".guard-restore-{}-{}",
+                    std::process::id(),
+                    e.path.file_name().unwrap_or_default().to_string_lossy()
+                ));
+                let _ = fs::remove_file(&tmp);
+                objects.copy_out(hash, &tmp, e.mode)?;
+                fs::rename(&tmp, &full).with_context(|| format!("replacing {}", full.display()))?;
+            }
+            Node::Link { target } => {
+                let parent = full.parent().unwrap_or(root);
+                let tmp = parent.join(format!(".guard-restore-link-{}", std::process::id()));
+                let _ = fs::remove_file(&tmp);
+                std::os::unix::fs::symlink(target, &tmp)
+                    .with_context(|| format!("creating link {}", tmp.display()))?;
+                fs::rename(&tmp, &full).with_context(|| format!("replacing {}", full.display()))?;
+            }
+        }
+    }
+    // Folder modes last, so a read-only folder does not block the writes inside it.
+    for (rel, mode) in plan.chmod.iter().chain(dir_modes.iter()) {
+        let full = root.join(rel);
+        ensure_real_parent(root, rel)?;
+        if fs::symlink_metadata(&full).is_ok_and(|m| m.file_type().is_symlink()) {
+            continue;
+        }
+        fs::set_permissions(&full, fs::Permissions::from_mode(*mode))
+            .with_context(|| format!("setting the mode of {}", full.display()))?;
+    }
+    sync_fs(root);
+    Ok(())
+}
+
+/// Every folder between `root` and `rel` must be a real folder, never a symlink.
+fn ensure_real_parent(root: &Path, rel: &Path) -> Result<()> {
+    let mut p = root.to_path_buf();
+    let parent = rel.parent().unwrap_or(Path::new(""));
+    for c in parent.components() {
+        p.push(c);
+        let m = fs::symlink_metadata(&p).with_context(|| format!("inspecting {}", p.display()))?;
+        if !m.is_dir() {
+            bail!(
+                "{} is not a real folder (a symlink?): refusing to write through it",
+                p.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Flush everything written on the file system of `path` to disk, once.
+pub fn sync_fs(path: &Path) {
+    if let Ok(f) = fs::File::open(path) {
+        // SAFETY: syncfs takes a valid open descriptor, which `f` holds for the call.
+        unsafe {
+            libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&f));
+        }
+    }
+}
+
+/// Create a folder for an index (0700).
+pub fn make_dir(p: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(p)
+        .with_context(|| format!("creating {}", p.display()))
+}
+
+/// Paths where the live tree differs from a snapshot (at most `limit` named), and how many.
+pub fn differences(
+    root: &Path,
+    excludes: &Excludes,
+    snapshot: &[Entry],
+    limit: usize,
+) -> Result<(Vec<String>, usize)> {
+    let p = plan(root, excludes, snapshot)?;
+    let mut paths: Vec<String> = p
+        .remove
+        .iter()
+        .chain(p.write.iter().map(|e| &e.path))
+        .chain(p.chmod.iter().map(|(p, _)| p))
+        .map(|p| p.display().to_string())
+        .collect();
+    paths.sort();
+    paths.dedup();
+    let count = paths.len();
+    paths.truncate(limit);
+    Ok((paths, count))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn setup() -> (tempfile::TempDir, PathBuf, Objects) {
+        let root = tempfile::tempdir().unwrap();
+        let app = root.path().join("app");
+        fs::create_dir_all(app.join("dist/sub")).unwrap();
+        fs::create_dir_all(app.join("node_modules/a")).unwrap();
+        fs::create_dir_all(app.join(".git")).unwrap();
+        fs::write(app.join(".git/HEAD"), "ref").unwrap();
+        fs::write(app.join("dist/index.js"), "v1").unwrap();
+        fs::write(app.join("dist/sub/x.js"), "x1").unwrap();
+        fs::write(app.join("node_modules/a/index.js"), "a").unwrap();
+        fs::write(app.join("env.real"), "SECRET=1").unwrap();
+        symlink("env.real", app.join("env.env")).unwrap();
+        fs::write(app.join("run.sh"), "#!/bin/sh").unwrap();
+        fs::set_permissions(app.join("run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+        fs::create_dir_all(app.join("logs")).unwrap();
+        fs::write(app.join("logs/app.log"), "keep me").unwrap();
+        let objs = Objects::at(&root.path().join("store"));
+        (root, app, objs)
+    }
+
+    fn snap(root: &Path, app: &Path, objs: &Objects, ex: &Excludes, name: &str) -> Vec<Entry> {
+        let idx = root.join(name);
+        capture(app, ex, objs, &Cache::new(), &idx).unwrap();
+        read_index(&idx).unwrap()
+    }
+
+    #[test]
+    fn restore_makes_the_tree_identical_and_leaves_excluded_and_git_alone() {
+        let (root, app, objs) = setup();
+        let ex = Excludes::new(&["logs/".into()]).unwrap();
+        let entries = snap(root.path(), &app, &objs, &ex, "idx1");
+        assert!(entries.iter().all(|e| !e.path.starts_with(".git")));
+        assert!(entries.iter().all(|e| !e.path.starts_with("logs")));
+        // A deploy: new build, a new dependency, a removed file, a replaced link, new logs.
+        fs::write(app.join("dist/index.js"), "v2 broken").unwrap();
+        fs::remove_file(app.join("dist/sub/x.js")).unwrap();
+        fs::create_dir_all(app.join("node_modules/b")).unwrap();
+        fs::write(app.join("node_modules/b/index.js"), "b").unwrap();
+        fs::remove_file(app.join("env.env")).unwrap();
+        fs::write(app.join("env.env"), "plain copy").unwrap();
+        fs::set_permissions(app.join("run.sh"), fs::Permissions::from_mode(0o644)).unwrap();
+        fs::write(app.join("logs/app.log"), "newer log").unwrap();
+        fs::write(app.join(".git/HEAD"), "moved").unwrap();
+        let p = plan(&app, &ex, &entries).unwrap();
+        assert!(!p.is_empty());
+        apply(&app, &p, &objs).unwrap();
+        assert_eq!(fs::read_to_string(app.join("dist/index.js")).unwrap(), "v1");
+        assert_eq!(fs::read_to_string(app.join("dist/sub/x.js")).unwrap(), "x1");
+        assert!(!app.join("node_modules/b").exists());
+        assert!(
+            fs::symlink_metadata(app.join("env.env"))
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(
+            fs::metadata(app.join("run.sh"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o755
+        );
+        assert_eq!(
+            fs::read_to_string(app.join("logs/app.log")).unwrap(),
+            "newer log"
+        );
+        assert_eq!(fs::read_to_string(app.join(".git/HEAD")).unwrap(), "moved");
+        assert_eq!(differences(&app, &ex, &entries, 5).unwrap().1, 0);
+    }
+
+    #[test]
+    fn identical_content_with_new_stat_is_left_untouched() {
+        let (root, app, objs) = setup();
+        let ex = Excludes::default();
+        let entries = snap(root.path(), &app, &objs, &ex, "idx1");
+        // A reinstall: same bytes, new inode and times.
+        let f = app.join("node_modules/a/index.js");
+        fs::remove_file(&f).unwrap();
+        fs::write(&f, "a").unwrap();
+        let p = plan(&app, &ex, &entries).unwrap();
+        assert!(p.is_empty(), "{p:?}");
+    }
+
+    #[test]
+    fn the_stat_cache_skips_unchanged_files_and_dedups_content() {
+        let (root, app, objs) = setup();
+        let ex = Excludes::default();
+        let idx1 = root.path().join("idx1");
+        let (_, _, s1) = capture(&app, &ex, &objs, &Cache::new(), &idx1).unwrap();
+        assert_eq!(s1.hashed, s1.files);
+        let cache = cache_from(&read_index(&idx1).unwrap());
+        let (_, _, s2) = capture(&app, &ex, &objs, &cache, &root.path().join("idx2")).unwrap();
+        assert_eq!(s2.hashed, 0, "nothing changed, nothing read");
+        assert_eq!(s2.stored, 0);
+        fs::write(app.join("dist/index.js"), "v2").unwrap();
+        let (_, _, s3) = capture(&app, &ex, &objs, &cache, &root.path().join("idx3")).unwrap();
+        assert_eq!((s3.hashed, s3.stored), (1, 1));
+    }
+
+    #[test]
+    fn a_symlinked_folder_is_never_written_through() {
+        let (root, app, objs) = setup();
+        let ex = Excludes::default();
+        let entries = snap(root.path(), &app, &objs, &ex, "idx1");
+        let outside = root.path().join("outside");
+        fs::create_dir_all(&outside).unwrap();
+        fs::remove_dir_all(app.join("dist")).unwrap();
+        symlink(&outside, app.join("dist")).unwrap();
+        let p = plan(&app, &ex, &entries).unwrap();
+        apply(&app, &p, &objs).unwrap();
+        assert!(
+            fs::read_dir(&outside).unwrap().next().is_none(),
+            "nothing written outside"
+        );
+        assert!(
+            app.join("dist").is_dir()
+                && !fs::symlink_metadata(app.join("dist"))
+                    .unwrap()
+                    .file_type()
+                    .is_symlink()
+        );
+        assert_eq!(fs::read_to_string(app.join("dist/index.js")).unwrap(), "v1");
+    }
+
+    #[test]
+    fn hostile_index_lines_are_refused() {
+        for line in [
+            r#"{"p":"../x","t":"d","m":493}"#,
+            r#"{"p":"/etc/x","t":"d","m":493}"#,
+            r#"{"p":".git/hooks/post-merge","t":"f","m":493,"h":"00","s":1}"#,
+            r#"{"p":"a","t":"f","m":3583,"h":"0000000000000000000000000000000000000000000000000000000000000000","s":1}"#,
+            r#"{"p":"a","t":"q","m":420}"#,
+        ] {
+            let parsed: Line = serde_json::from_str(line).unwrap();
+            assert!(Entry::from_line(parsed).is_err(), "{line}");
+        }
+    }
+
+    #[test]
+    fn exclude_patterns_follow_gitignore_shapes() {
+        let ex = Excludes::new(&[
+            "logs/".into(),
+            "*.log".into(),
+            "/uploads".into(),
+            "cache/tmp".into(),
+        ])
+        .unwrap();
+        assert!(ex.excluded(Path::new("logs"), true));
+        assert!(!ex.excluded(Path::new("logs"), false));
+        assert!(ex.excluded(Path::new("a/b/x.log"), false));
+        assert!(ex.excluded(Path::new("uploads"), true));
+        assert!(!ex.excluded(Path::new("a/uploads"), true));
+        assert!(ex.excluded(Path::new("cache/tmp"), true));
+        assert!(ex.excluded(Path::new("x/.git"), true));
+        assert!(Excludes::new(&["../x".into()]).is_err());
+        assert!(Excludes::new(&["/".into()]).is_err());
+    }
+}
