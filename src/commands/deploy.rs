@@ -185,9 +185,14 @@ async fn after_backup(
     let target = ctx.store.verify(id)?;
     let back = restore::restore_and_restart(ctx, tools, &target).await?;
     let healthy = back.healthy;
+    let code = target
+        .manifest
+        .fingerprint()
+        .map(|f| format!(" ({f})"))
+        .unwrap_or_default();
     let summary = if healthy {
         format!(
-            "deploy failed ({}); rolled back to incident {id}, previous version healthy",
+            "deploy failed ({}); rolled back to incident {id}{code}, previous version healthy",
             verdict.message
         )
     } else {

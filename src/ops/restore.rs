@@ -88,6 +88,8 @@ pub struct Restored {
     pub at_ms: i64,
     /// The tree, to check against after the restart.
     pub tree: Option<Vec<tree::Entry>>,
+    /// The files it wrote, with their stat right after.
+    pub written: tree::Written,
 }
 
 /// Put code and files back as the incident recorded them. Does not touch PM2.
@@ -102,11 +104,22 @@ pub async fn put_back(ctx: &mut Ctx<'_>, target: &Verified) -> Result<Restored> 
     };
     let short = |c: &str| c[..c.len().min(12)].to_string();
     let tree_entries = tree_without_artifacts(ctx, target)?;
+    let mut written = tree::Written::new();
     if let Some(entries) = &tree_entries {
         let plan = tree::plan(&app_dir, &ctx.settings.backup.exclude, entries)?;
-        check_objects(ctx, target, &plan)?;
-        tree::apply(&app_dir, &plan, &ctx.store.objects())
-            .with_context(|| format!("restoring {}", app_dir.display()))?;
+        // Contents are staged and checked against their hashes before anything changes.
+        written = match tree::apply(&app_dir, &plan, &ctx.store.objects()) {
+            Ok(w) => w,
+            Err(e) if e.downcast_ref::<tree::BadObject>().is_some() => {
+                return Err(usage(format!(
+                    "incident {} is broken: {e:#}; nothing was changed",
+                    target.manifest.id
+                )));
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("restoring {}", app_dir.display()));
+            }
+        };
         said.push(if plan.is_empty() {
             format!("tree unchanged ({} file(s))", plan.unchanged)
         } else {
@@ -118,7 +131,10 @@ pub async fn put_back(ctx: &mut Ctx<'_>, target: &Verified) -> Result<Restored> 
             )
         });
     }
-    for part in &target.manifest.parts {
+    // Git first: a format-1 restore resets the work tree, then writes its files over it.
+    let mut parts: Vec<&Part> = target.manifest.parts.iter().collect();
+    parts.sort_by_key(|p| !matches!(p, Part::Git { .. }));
+    for part in parts {
         match part {
             Part::Git { commit, patch } => {
                 let git = git.as_ref().with_context(|| {
@@ -178,6 +194,7 @@ pub async fn put_back(ctx: &mut Ctx<'_>, target: &Verified) -> Result<Restored> 
     Ok(Restored {
         at_ms: jiff::Timestamp::now().as_millisecond(),
         tree: tree_entries,
+        written,
     })
 }
 
@@ -230,6 +247,7 @@ fn prove(ctx: &Ctx<'_>, mut verdict: Verdict, restored: &Restored) -> Result<Ver
             &ctx.settings.app.dir,
             &ctx.settings.backup.exclude,
             entries,
+            &restored.written,
             5,
         )?;
         if count > 0 {

@@ -19,7 +19,7 @@ pub const PM2_DUMP: &str = "pm2/dump.pm2";
 /// Stored location of a format-1 uncommitted-changes patch.
 pub const GIT_PATCH: &str = "git/uncommitted.patch";
 /// Stored location of the tree index.
-pub const TREE_INDEX: &str = "tree/index.jsonl";
+pub const TREE_INDEX: &str = "tree/index.jsonl.gz";
 
 /// Why an incident was taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,7 +7,7 @@
 //!   objects.lock                       shared while a snapshot is written, exclusive for sweeping
 //!   incident-20251222-110221/
 //!     manifest.json                    the parts, with size, mode and sha256 of stored files
-//!     tree/index.jsonl                 every path of app.dir: type, mode, hash, stat
+//!     tree/index.jsonl.gz              every path of app.dir: type, mode, hash, stat
 //!     pm2/dump.pm2                     PM2's saved process list
 //!     outcome.json                     how the deploy or rollback that took it ended
 //!     logs/                            evidence of a failed verification

@@ -146,12 +146,22 @@ impl Objects {
         Ok(())
     }
 
-    /// Copy an object to a new file at `dest` (created exclusively, `mode`), checking its hash
-    /// on the way; the caller renames it into place.
-    pub fn copy_out(&self, hash: &str, dest: &Path, mode: u32) -> Result<()> {
+    /// Copy an object of `size` bytes to a new file at `dest` (created exclusively, `mode`),
+    /// checking its hash on the way; the caller renames it into place.
+    pub fn copy_out(&self, hash: &str, size: u64, dest: &Path, mode: u32) -> Result<()> {
+        if !valid_hash(hash) {
+            bail!("{hash:?} is not an object name guard writes");
+        }
         let path = self.path(hash);
         let mut input =
-            open_nofollow(&path).with_context(|| format!("reading {}", path.display()))?;
+            open_nofollow(&path).with_context(|| format!("{} is missing", path.display()))?;
+        let meta = input.metadata()?;
+        if !meta.is_file() || meta.len() != size {
+            bail!(
+                "{} is not a regular file of {size} bytes (corrupted or changed)",
+                path.display()
+            );
+        }
         let mut out = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -175,7 +185,7 @@ impl Objects {
         if hasher.finalize().to_hex().as_str() != hash {
             let _ = fs::remove_file(dest);
             bail!(
-                "{} changed while it was restored (corrupted object)",
+                "{} does not match its hash (corrupted or changed)",
                 path.display()
             );
         }
@@ -253,7 +263,7 @@ mod tests {
                 .contains("hash")
         );
         let out = root.path().join("out");
-        assert!(objs.copy_out(&ha, &out, 0o644).is_err());
+        assert!(objs.copy_out(&ha, 10, &out, 0o644).is_err());
         assert!(!out.exists(), "a bad copy is not left behind");
     }
 

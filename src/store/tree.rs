@@ -313,7 +313,7 @@ fn scan_into(root: &Path, rel: &Path, excludes: &Excludes, out: &mut Vec<Found>)
         if !(ft.is_dir() || ft.is_file() || ft.is_symlink()) {
             continue;
         }
-        if excludes.excluded(&child, ft.is_dir()) {
+        if excludes.excluded(&child, ft.is_dir()) || is_staging(&child) {
             continue;
         }
         let is_dir = ft.is_dir();
@@ -326,6 +326,14 @@ fn scan_into(root: &Path, rel: &Path, excludes: &Excludes, out: &mut Vec<Found>)
         }
     }
     Ok(())
+}
+
+/// The folder a restore stages verified contents in, inside app.dir (same file system, so a
+/// rename puts each file in place); never part of a snapshot.
+const STAGING_PREFIX: &str = ".guard-restore-";
+
+fn is_staging(rel: &Path) -> bool {
+    rel.components().count() == 1 && rel.to_str().is_some_and(|n| n.starts_with(STAGING_PREFIX))
 }
 
 /// What a capture did, for the step line and the bench.
@@ -374,7 +382,12 @@ pub fn capture(
         .create_new(true)
         .open(index_path)
         .with_context(|| format!("creating {}", index_path.display()))?;
-    let mut w = HashingWriter::new(BufWriter::new(file));
+    // Compressed: an index line is mostly a path and a hash, and twenty incidents of a
+    // 27,000-file tree would otherwise cost 100 MB of index alone.
+    let mut w = flate2::write::GzEncoder::new(
+        HashingWriter::new(BufWriter::new(file)),
+        flate2::Compression::fast(),
+    );
     let mut stats = CaptureStats::default();
     for f in found {
         let full = root.join(&f.path);
@@ -434,7 +447,10 @@ pub fn capture(
         write_line(&mut w, &entry, index_path)?;
         stats.entries += 1;
     }
-    let (hash, size, inner) = w.finish();
+    let hashing = w
+        .finish()
+        .with_context(|| format!("writing {}", index_path.display()))?;
+    let (hash, size, inner) = hashing.finish();
     let file = inner
         .into_inner()
         .map_err(|e| e.into_error())
@@ -492,7 +508,10 @@ pub fn read_index(path: &Path) -> Result<Vec<Entry>> {
     let f = open_nofollow(path).with_context(|| format!("reading {}", path.display()))?;
     let mut out = Vec::new();
     let mut seen = HashSet::new();
-    for (n, line) in BufReader::new(f).lines().enumerate() {
+    for (n, line) in BufReader::new(flate2::read::GzDecoder::new(f))
+        .lines()
+        .enumerate()
+    {
         let line = line.with_context(|| format!("reading {}", path.display()))?;
         let parsed: Line = serde_json::from_str(&line)
             .with_context(|| format!("{} line {}: not an index entry", path.display(), n + 1))?;
@@ -595,17 +614,19 @@ pub fn plan(root: &Path, excludes: &Excludes, snapshot: &[Entry]) -> Result<Plan
                     plan.write.push(e.clone());
                 }
             }
-            Node::File { hash, .. } => {
+            Node::File { hash, size } => {
                 let key = StatKey::of(&live.meta);
-                let same = key == e.stat || {
-                    let full = root.join(&e.path);
-                    let (h, _) = hash_reader(
-                        open_nofollow(&full)
-                            .with_context(|| format!("reading {}", full.display()))?,
-                    )
-                    .with_context(|| format!("reading {}", full.display()))?;
-                    &h == hash
-                };
+                // Same stat: untouched since the snapshot. Other size: changed. Else read it.
+                let same = key == e.stat
+                    || key.size == *size && {
+                        let full = root.join(&e.path);
+                        let (h, _) = hash_reader(
+                            open_nofollow(&full)
+                                .with_context(|| format!("reading {}", full.display()))?,
+                        )
+                        .with_context(|| format!("reading {}", full.display()))?;
+                        &h == hash
+                    };
                 if same {
                     plan.unchanged += 1;
                     if live_mode != e.mode {
@@ -632,9 +653,58 @@ fn excluded_by_any_parent(path: &Path, excludes: &Excludes) -> bool {
     false
 }
 
-/// Carry out a plan. Every parent of a written path is checked to be a real folder (never a
-/// symlink) right before the write.
-pub fn apply(root: &Path, plan: &Plan, objects: &Objects) -> Result<()> {
+/// Stat keys of the files a restore wrote, as they are right after it: the proof after the
+/// restart reads a file again only when its stat has moved since.
+pub type Written = HashMap<PathBuf, StatKey>;
+
+/// Why a restore did not start: a stored object is missing or corrupted. Nothing in app.dir
+/// was changed.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadObject(pub String);
+
+/// Carry out a plan. Every file's content is first copied out of the object store into a
+/// staging folder and checked against its hash; only when all are good does anything in the
+/// tree change (removals, then folders, then renames into place). Every parent of a written
+/// path is checked to be a real folder (never a symlink) right before the write.
+pub fn apply(root: &Path, plan: &Plan, objects: &Objects) -> Result<Written> {
+    // Leftovers of a restore that was killed.
+    for e in fs::read_dir(root)
+        .with_context(|| format!("reading {}", root.display()))?
+        .flatten()
+    {
+        if is_staging(Path::new(&e.file_name())) {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+    let staging = root.join(format!("{STAGING_PREFIX}{}", std::process::id()));
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&staging)
+        .with_context(|| format!("creating {}", staging.display()))?;
+    let staged = stage(&staging, plan, objects);
+    let result = staged.and_then(|staged| put_in_place(root, plan, &staged));
+    let _ = fs::remove_dir_all(&staging);
+    let written = result?;
+    sync_fs(root);
+    Ok(written)
+}
+
+fn stage(staging: &Path, plan: &Plan, objects: &Objects) -> Result<HashMap<PathBuf, PathBuf>> {
+    let mut staged = HashMap::new();
+    for (n, e) in plan.write.iter().enumerate() {
+        if let Node::File { hash, size } = &e.node {
+            let tmp = staging.join(n.to_string());
+            objects
+                .copy_out(hash, *size, &tmp, e.mode)
+                .map_err(|err| BadObject(format!("{err:#}")))?;
+            staged.insert(e.path.clone(), tmp);
+        }
+    }
+    Ok(staged)
+}
+
+fn put_in_place(root: &Path, plan: &Plan, staged: &HashMap<PathBuf, PathBuf>) -> Result<Written> {
     for rel in &plan.remove {
         let full = root.join(rel);
         ensure_real_parent(root, rel)?;
@@ -650,6 +720,7 @@ pub fn apply(root: &Path, plan: &Plan, objects: &Objects) -> Result<()> {
         r.with_context(|| format!("removing {}", full.display()))?;
     }
     let mut dir_modes = Vec::new();
+    let mut written = Written::new();
     for e in &plan.write {
         ensure_real_parent(root, &e.path)?;
         let full = root.join(&e.path);
@@ -661,16 +732,12 @@ pub fn apply(root: &Path, plan: &Plan, objects: &Objects) -> Result<()> {
                     .with_context(|| format!("creating {}", full.display()))?;
                 dir_modes.push((e.path.clone(), e.mode));
             }
-            Node::File { hash, .. } => {
-                let parent = full.parent().unwrap_or(root);
-                let tmp = parent.join(format!(
-                    ".guard-restore-{}-{}",
-                    std::process::id(),
-                    e.path.file_name().unwrap_or_default().to_string_lossy()
-                ));
-                let _ = fs::remove_file(&tmp);
-                objects.copy_out(hash, &tmp, e.mode)?;
-                fs::rename(&tmp, &full).with_context(|| format!("replacing {}", full.display()))?;
+            Node::File { .. } => {
+                let tmp = &staged[&e.path];
+                fs::rename(tmp, &full).with_context(|| format!("replacing {}", full.display()))?;
+                if let Ok(m) = fs::symlink_metadata(&full) {
+                    written.insert(e.path.clone(), StatKey::of(&m));
+                }
             }
             Node::Link { target } => {
                 let parent = full.parent().unwrap_or(root);
@@ -691,9 +758,13 @@ pub fn apply(root: &Path, plan: &Plan, objects: &Objects) -> Result<()> {
         }
         fs::set_permissions(&full, fs::Permissions::from_mode(*mode))
             .with_context(|| format!("setting the mode of {}", full.display()))?;
+        if let Ok(m) = fs::symlink_metadata(&full)
+            && m.is_file()
+        {
+            written.insert(rel.clone(), StatKey::of(&m));
+        }
     }
-    sync_fs(root);
-    Ok(())
+    Ok(written)
 }
 
 /// Every folder between `root` and `rel` must be a real folder, never a symlink.
@@ -737,9 +808,21 @@ pub fn differences(
     root: &Path,
     excludes: &Excludes,
     snapshot: &[Entry],
+    written: &Written,
     limit: usize,
 ) -> Result<(Vec<String>, usize)> {
-    let p = plan(root, excludes, snapshot)?;
+    // A file the restore wrote is compared with its stat right after the restore.
+    let expected: Vec<Entry> = snapshot
+        .iter()
+        .map(|e| match written.get(&e.path) {
+            Some(k) => Entry {
+                stat: *k,
+                ..e.clone()
+            },
+            None => e.clone(),
+        })
+        .collect();
+    let p = plan(root, excludes, &expected)?;
     let mut paths: Vec<String> = p
         .remove
         .iter()
@@ -805,6 +888,13 @@ mod tests {
         let p = plan(&app, &ex, &entries).unwrap();
         assert!(!p.is_empty());
         apply(&app, &p, &objs).unwrap();
+        assert!(
+            fs::read_dir(&app)
+                .unwrap()
+                .flatten()
+                .all(|e| !e.file_name().to_string_lossy().starts_with(STAGING_PREFIX)),
+            "no staging folder left"
+        );
         assert_eq!(fs::read_to_string(app.join("dist/index.js")).unwrap(), "v1");
         assert_eq!(fs::read_to_string(app.join("dist/sub/x.js")).unwrap(), "x1");
         assert!(!app.join("node_modules/b").exists());
@@ -827,7 +917,16 @@ mod tests {
             "newer log"
         );
         assert_eq!(fs::read_to_string(app.join(".git/HEAD")).unwrap(), "moved");
-        assert_eq!(differences(&app, &ex, &entries, 5).unwrap().1, 0);
+        assert_eq!(
+            differences(&app, &ex, &entries, &Written::new(), 5)
+                .unwrap()
+                .1,
+            0
+        );
+        // A file changed after the restore is named.
+        fs::write(app.join("dist/index.js"), "v3").unwrap();
+        let (paths, n) = differences(&app, &ex, &entries, &Written::new(), 5).unwrap();
+        assert_eq!((paths, n), (vec!["dist/index.js".to_string()], 1));
     }
 
     #[test]
@@ -882,6 +981,28 @@ mod tests {
                     .is_symlink()
         );
         assert_eq!(fs::read_to_string(app.join("dist/index.js")).unwrap(), "v1");
+    }
+
+    #[test]
+    fn a_corrupted_object_stops_the_restore_before_anything_changes() {
+        let (root, app, objs) = setup();
+        let ex = Excludes::default();
+        let entries = snap(root.path(), &app, &objs, &ex, "idx1");
+        fs::write(app.join("dist/index.js"), "v2").unwrap();
+        fs::write(app.join("dist/sub/x.js"), "x2").unwrap();
+        let hash = entries
+            .iter()
+            .find_map(|e| match (&e.node, e.path == Path::new("dist/sub/x.js")) {
+                (Node::File { hash, .. }, true) => Some(hash.clone()),
+                _ => None,
+            })
+            .unwrap();
+        fs::write(objs.path(&hash), "zz").unwrap();
+        let p = plan(&app, &ex, &entries).unwrap();
+        let err = apply(&app, &p, &objs).unwrap_err();
+        assert!(err.downcast_ref::<BadObject>().is_some(), "{err:#}");
+        assert_eq!(fs::read_to_string(app.join("dist/index.js")).unwrap(), "v2");
+        assert_eq!(fs::read_to_string(app.join("dist/sub/x.js")).unwrap(), "x2");
     }
 
     #[test]

@@ -82,7 +82,7 @@ fn a_half_written_incident_left_by_a_dead_run_is_swept_and_never_listed() {
     // What a backup killed mid-way leaves: a temporary folder, never an incident-* folder.
     let tmp = app.backups.join(".tmp-incident-dead01");
     std::fs::create_dir_all(tmp.join("tree")).unwrap();
-    std::fs::write(tmp.join("tree/index.jsonl"), "half").unwrap();
+    std::fs::write(tmp.join("tree/index.jsonl.gz"), "half").unwrap();
     let list = app.guard(&["--json", "list"]);
     assert_eq!(
         list.json()["data"]["incidents"].as_array().unwrap().len(),
@@ -231,4 +231,46 @@ fn retention_keeps_the_newest_and_never_young_or_known_good_incidents() {
     let left = app.incidents();
     // keep = 2: the new one and ids[3] stay; ids[0..3] are old and beyond keep.
     assert_eq!(left, vec![ids[3].clone(), newest], "{}", run.stdout);
+}
+
+#[test]
+fn an_incident_written_by_guard_0_1_format_1_still_restores() {
+    use sha2::Digest;
+    let app = App::new();
+    app.start_v1();
+    let v1 = app.head();
+    // Exactly what guard 0.1 wrote: single files, a commit, no tree.
+    let id = "20250101-000000";
+    let dir = app.incident_dir(id);
+    let mut files = Vec::new();
+    for name in ["ecosystem.config.js", "env.env", "package.json"] {
+        let bytes = std::fs::read(app.dir.join(name)).unwrap();
+        let stored = dir.join("files").join(name);
+        std::fs::create_dir_all(stored.parent().unwrap()).unwrap();
+        std::fs::write(&stored, &bytes).unwrap();
+        files.push(serde_json::json!({
+            "path": format!("files/{name}"),
+            "size": bytes.len(),
+            "mode": 0o644,
+            "sha256": hex::encode(sha2::Sha256::digest(&bytes)),
+        }));
+    }
+    let manifest = serde_json::json!({
+        "format": 1, "guard_version": "0.1.0", "id": id,
+        "created_at": "2025-01-01T00:00:00.000Z", "kind": "pre-deploy", "reason": "deploy",
+        "origin": { "pid": 1, "host": "h", "user": "u", "started_at": "x", "command": "guard deploy" },
+        "app_name": "demo-backend", "app_dir": app.dir, "files": files, "pm2_dump": null,
+        "git": { "commit": v1, "patch": null }, "processes": [],
+    });
+    std::fs::write(dir.join("manifest.json"), manifest.to_string()).unwrap();
+    std::fs::set_permissions(&app.backups, std::fs::Permissions::from_mode(0o700)).unwrap();
+
+    app.release("v2", "good");
+    app.guard(&["deploy"]).expect(0);
+    assert_eq!(app.version().as_deref(), Some("v2"));
+    let run = app.guard(&["rollback", "--incident", id]);
+    run.expect(0);
+    assert!(run.stdout.contains("3 file(s) restored"), "{}", run.stdout);
+    assert_eq!(app.version().as_deref(), Some("v1"));
+    assert_eq!(app.head(), v1);
 }

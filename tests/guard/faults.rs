@@ -187,3 +187,51 @@ fn deploy_v2_into_a_long_verification(app: &App) -> crate::support::Bg {
         == Some("v2")));
     bg
 }
+
+#[test]
+fn kill_9_during_a_snapshot_then_rollback_latest_recovers() {
+    let app = App::new();
+    app.start_v1();
+    let good = app.backup_id();
+    // Thousands of new files, so the next snapshot has a while of reading and storing.
+    for p in 0..400 {
+        let dir = app.dir.join(format!("node_modules/pkg{p}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..10 {
+            std::fs::write(
+                dir.join(format!("f{f}.js")),
+                format!("{p}-{f}-").repeat(300),
+            )
+            .unwrap();
+        }
+    }
+    app.release("v2", "good");
+    let bg = app.spawn_guard(&["deploy"]);
+    let drafting = || {
+        std::fs::read_dir(&app.backups)
+            .map(|rd| {
+                rd.flatten().any(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with(".tmp-incident-")
+                })
+            })
+            .unwrap_or(false)
+    };
+    assert!(
+        crate::support::wait_until(LONG, drafting),
+        "no snapshot started"
+    );
+    bg.signal(libc::SIGKILL);
+    bg.finish(LONG);
+    assert_eq!(
+        app.incidents(),
+        std::slice::from_ref(&good),
+        "a killed snapshot leaves no incident"
+    );
+    let run = app.guard(&["rollback", "--incident", "latest"]);
+    run.expect(0);
+    assert!(run.stdout.contains(&good), "{}", run.stdout);
+    assert_eq!(app.version().as_deref(), Some("v1"));
+    assert!(!drafting(), "the half-written snapshot was swept");
+}

@@ -130,16 +130,19 @@ fn broken_incidents_are_refused_naming_the_file() {
     let id = app.backup_id();
     let dir = app.incident_dir(&id);
 
-    let stored = dir.join("tree/index.jsonl");
-    let original = std::fs::read_to_string(&stored).unwrap();
+    let stored = dir.join("tree/index.jsonl.gz");
+    let original = std::fs::read(&stored).unwrap();
     // Same size, one byte changed: only the hash can tell.
-    std::fs::write(&stored, original.replacen("\"t\":\"f\"", "\"t\":\"g\"", 1)).unwrap();
+    let mut flipped = original.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x20;
+    std::fs::write(&stored, flipped).unwrap();
     refused(
         &app,
         &["rollback", "--incident", &id],
-        "tree/index.jsonl does not match its sha256",
+        "tree/index.jsonl.gz does not match its sha256",
     );
-    std::fs::write(&stored, format!("{original}\n")).unwrap();
+    std::fs::write(&stored, [original.as_slice(), b"\n"].concat()).unwrap();
     refused(&app, &["rollback", "--incident", &id], "the manifest says");
     refused(
         &app,
@@ -151,7 +154,7 @@ fn broken_incidents_are_refused_naming_the_file() {
     refused(
         &app,
         &["rollback", "--incident", &id],
-        "tree/index.jsonl is missing",
+        "tree/index.jsonl.gz is missing",
     );
 
     std::fs::remove_file(dir.join("manifest.json")).unwrap();
@@ -216,7 +219,11 @@ fn a_manifest_that_points_outside_the_incident_is_refused() {
     let app = App::new();
     app.start_v1();
     let id = app.backup_id();
-    app.edit_manifest(&id, "\"tree/index.jsonl\"", "\"tree/../../../etc/passwd\"");
+    app.edit_manifest(
+        &id,
+        "\"tree/index.jsonl.gz\"",
+        "\"tree/../../../etc/passwd\"",
+    );
     refused(
         &app,
         &["rollback", "--incident", &id],

@@ -285,10 +285,14 @@ impl App {
 
     /// An incident's tree index, by path.
     pub fn tree_index(&self, id: &str) -> std::collections::BTreeMap<String, serde_json::Value> {
-        let p = self.incident_dir(id).join("tree/index.jsonl");
-        std::fs::read_to_string(p)
-            .unwrap()
-            .lines()
+        let p = self.incident_dir(id).join("tree/index.jsonl.gz");
+        let mut text = String::new();
+        std::io::Read::read_to_string(
+            &mut flate2::read::GzDecoder::new(std::fs::File::open(p).unwrap()),
+            &mut text,
+        )
+        .unwrap();
+        text.lines()
             .map(|l| {
                 let v: serde_json::Value = serde_json::from_str(l).unwrap();
                 (v["p"].as_str().unwrap().to_string(), v)
