@@ -41,7 +41,7 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Snapshot config, env, package.json, PM2's dump and the code revision into a new incident
+    /// Snapshot the whole app folder, PM2's dump and the git commit into a new incident
     Backup(BackupArgs),
     /// Remove build artifacts (clean.paths, clean.globs) from the app dir
     Clean(CleanArgs),
@@ -50,7 +50,7 @@ pub enum Command {
     Deploy(DeployArgs),
     /// Show the app's PM2 state and its health endpoint
     Health(HealthArgs),
-    /// Restore an incident, restart through PM2 and verify it healthy
+    /// Make the app folder identical to an incident, restart through PM2, prove it healthy
     #[command(after_help = EXIT_CODES)]
     Rollback(RollbackArgs),
     /// List the incidents in backup.dir, newest first

@@ -276,6 +276,7 @@ async fn undo_before_restart(
 ) -> Result<Done> {
     let target = ctx.store.verify(id)?;
     restore::put_back(ctx, &target).await?;
+    crate::store::tree::sync_fs(&ctx.settings.app.dir);
     let healthy = restart::check_running(ctx, tools).await;
     let summary = if healthy {
         format!(

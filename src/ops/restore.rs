@@ -208,7 +208,11 @@ pub async fn restore_and_restart(
     target: &Verified,
 ) -> Result<Verdict> {
     let restored = put_back(ctx, target).await?;
+    // The restored files go to disk while the app starts and is verified, not before.
+    let dir = ctx.settings.app.dir.clone();
+    let flush = tokio::task::spawn_blocking(move || tree::sync_fs(&dir));
     if let Err(v) = restart::restart(ctx, tools).await {
+        let _ = flush.await;
         return Ok(v);
     }
     let never = crate::signals::Cancel::never();
@@ -220,6 +224,7 @@ pub async fn restore_and_restart(
         &never,
     )
     .await?;
+    let _ = flush.await;
     let verdict = prove(ctx, verdict, &restored)?;
     restart::print_verdict(ctx, &verdict);
     if verdict.healthy {

@@ -50,6 +50,9 @@ pub async fn take(
         &index_path,
     )
     .with_context(|| format!("snapshotting {}", app_dir.display()))?;
+    if stats.stored > 0 {
+        draft.stored_objects();
+    }
     draft.add(Part::Tree {
         index: FileEntry {
             path: TREE_INDEX.into(),
