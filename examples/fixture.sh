@@ -24,12 +24,17 @@ case "$kind" in
     src="$here/demo/app"; name=demo-backend
     deploy_command='git pull --ff-only'
     clean=''
+    files='["ecosystem.config.js", "env.env", "package.json"]'
     ;;
   build)
     src="$here/build/app"; name=build-backend
-    deploy_command='git pull --ff-only && node install.js && node build.js'
-    # dist/ is what the build produces and what PM2 runs: never an artifact to clean here.
-    clean=$'[clean]\npaths = []\nglobs = ["*.tar.gz"]\n'
+    deploy_command='git pull --ff-only && node install.cjs && node build.cjs'
+    # dist/ is the build output PM2 runs: removed before the build (nothing stale survives),
+    # never after it, and restored with the rest by a rollback.
+    clean=$'[clean]\npaths = ["dist"]\nafter_deploy = false\n'
+    # No ecosystem file named: guard finds ecosystem.config.js/.cjs/.json/.yml after each
+    # deploy step, so a release may rename it.
+    files='["env.env", "package.json"]'
     ;;
   *) echo "fixture.sh: unknown fixture $kind (demo or build)" >&2; exit 2 ;;
 esac
@@ -51,7 +56,7 @@ dir = "app"
 
 [backup]
 dir = "backups"
-files = ["ecosystem.config.js", "env.env", "package.json"]
+files = $files
 
 $clean
 [deploy]

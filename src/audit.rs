@@ -27,6 +27,12 @@ pub struct Entry {
     pub app: Option<String>,
     /// Incident taken or used.
     pub incident: Option<String>,
+    /// The code before the run (commit or tree fingerprint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<String>,
+    /// The code the run put in place.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
     /// Verdict word.
     pub verdict: String,
     /// Reason.
@@ -51,6 +57,8 @@ pub fn append(backup_dir: &Path, origin: &Origin, report: &Report) -> Result<()>
         command: origin.command.clone(),
         app: report.app.clone(),
         incident: report.incident.clone(),
+        before: report.before.clone(),
+        after: report.after.clone(),
         verdict: report.verdict.clone(),
         reason: report.reason.clone(),
         exit_code: report.exit_code,

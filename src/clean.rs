@@ -40,14 +40,29 @@ impl std::fmt::Display for Artifact {
     }
 }
 
-/// Find the artifacts present now. A configured path whose parent resolves outside app.dir
-/// (through a symlinked folder) is a usage error.
-pub fn find(settings: &Settings) -> Result<Vec<Artifact>> {
+/// Which clean rules apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// What counts as an artifact now (`clean`, `clean --check`, `health`, the clean after
+    /// the deploy step): `clean.paths` only when `clean.after_deploy`, and `clean.globs`.
+    Artifacts,
+    /// Before the deploy step: everything, so a build always starts from nothing stale.
+    BeforeBuild,
+}
+
+/// Find what the rules of `scope` match now. A configured path whose parent resolves outside
+/// app.dir (through a symlinked folder) is a usage error.
+pub fn find(settings: &Settings, scope: Scope) -> Result<Vec<Artifact>> {
     let app = &settings.app.dir;
     let app_real =
         fs::canonicalize(app).with_context(|| format!("resolving app.dir {}", app.display()))?;
     let mut found = Vec::new();
-    for rel in &settings.clean.paths {
+    let paths: &[PathBuf] = if scope == Scope::BeforeBuild || settings.clean.after_deploy {
+        &settings.clean.paths
+    } else {
+        &[]
+    };
+    for rel in paths {
         let full = app.join(rel);
         let Ok(meta) = fs::symlink_metadata(&full) else {
             continue;
@@ -145,10 +160,11 @@ pub fn summary(artifacts: &[Artifact]) -> String {
 }
 
 /// Whether a path of the app tree (relative) is an artifact the clean rules remove: inside a
-/// `clean.paths` entry, or a top-level file matching `clean.globs`. Restores leave these out,
-/// so a rollback never brings a stale build back into a restart.
+/// `clean.paths` entry (when those are artifacts, `clean.after_deploy`), or a top-level file
+/// matching `clean.globs`. Restores leave these out, so a rollback never brings a stale build
+/// back into a restart; build outputs (`after_deploy = false`) are restored like the rest.
 pub fn is_artifact(settings: &Settings, rel: &Path, is_dir: bool) -> bool {
-    if settings.clean.paths.iter().any(|p| rel.starts_with(p)) {
+    if settings.clean.after_deploy && settings.clean.paths.iter().any(|p| rel.starts_with(p)) {
         return true;
     }
     let top_level = rel.components().count() == 1;

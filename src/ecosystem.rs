@@ -1,43 +1,281 @@
-//! Evaluating ecosystem.config.js the way PM2 does (Node `require`s it), to catch a broken
-//! file before the running app is stopped.
+//! The PM2 ecosystem file: found the way a release names it, and evaluated the way PM2 loads
+//! it (`require` for .js/.cjs/.mjs, a JavaScript expression for .json, js-yaml for .yml), to
+//! catch a broken file before the running app is stopped and to know where the app's script
+//! lives.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Result, bail};
+use serde::Deserialize;
 use tokio::process::Command;
 
+use crate::exit::usage;
 use crate::runner;
 
-const EVAL: &str = "const c = require(process.argv[1]); \
-const apps = Array.isArray(c) ? c : (c && c.apps ? [].concat(c.apps) : []); \
-process.stdout.write(JSON.stringify(apps.map(a => a && a.name)));";
+/// The names PM2 accepts, in the order guard looks for them when `app.ecosystem` is unset.
+pub const CANDIDATES: [&str; 6] = [
+    "ecosystem.config.js",
+    "ecosystem.config.cjs",
+    "ecosystem.config.mjs",
+    "ecosystem.config.json",
+    "ecosystem.config.yml",
+    "ecosystem.config.yaml",
+];
 
-/// Check that the ecosystem file loads and declares `app`. Returns false (with a warning) when
-/// node is not installed, since then only PM2 itself can tell.
-pub async fn check(ecosystem: &Path, app: &str) -> Result<bool> {
+/// Marks where the loader's answer starts, so whatever the file prints while it loads
+/// (a `console.log` of its own config) does not matter.
+const MARKER: &str = "@@guard-ecosystem@@";
+
+/// The loader: PM2's own rules (lib/Common.js `parseConfig`), then only the fields guard
+/// needs: never `env`, which holds secrets.
+const EVAL: &str = r#"
+const fs = require('fs');
+const f = process.argv[2];
+let c;
+if (/\.json$/.test(f)) {
+  c = require('vm').runInThisContext('(' + fs.readFileSync(f, 'utf8') + ')', { filename: f, timeout: 1000 });
+} else if (/\.ya?ml$/.test(f)) {
+  const yaml = require(require.resolve('js-yaml', { paths: [process.argv[3] || process.cwd()] }));
+  c = yaml.load(fs.readFileSync(f, 'utf8'));
+} else {
+  c = require(f);
+}
+const apps = Array.isArray(c) ? c : (c && c.apps ? [].concat(c.apps) : []);
+const out = apps.filter(Boolean).map(a => ({
+  name: typeof a.name === 'string' ? a.name : null,
+  script: typeof a.script === 'string' ? a.script : null,
+  cwd: typeof a.cwd === 'string' ? a.cwd : null,
+}));
+process.stdout.write('\n@@guard-ecosystem@@' + JSON.stringify(out));
+"#;
+
+/// One app declared by the ecosystem file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Declared {
+    /// PM2 name.
+    pub name: Option<String>,
+    /// The script as written.
+    pub script: Option<String>,
+    /// The cwd as written.
+    pub cwd: Option<String>,
+}
+
+impl Declared {
+    /// The script's absolute path (relative to `cwd`, itself relative to the file's folder).
+    pub fn script_path(&self, ecosystem: &Path) -> Option<PathBuf> {
+        let base = self.cwd_path(ecosystem);
+        self.script.as_ref().map(|s| base.join(s))
+    }
+
+    /// The cwd's absolute path (the file's folder when unset).
+    pub fn cwd_path(&self, ecosystem: &Path) -> PathBuf {
+        let dir = ecosystem.parent().unwrap_or(Path::new("/")).to_path_buf();
+        match &self.cwd {
+            Some(c) => dir.join(c),
+            None => dir,
+        }
+    }
+}
+
+/// The ecosystem file in force: `configured` when set, else the one of [`CANDIDATES`] that
+/// exists in `app_dir`. None found, or two at once, is a usage error naming them.
+pub fn locate(configured: Option<&Path>, app_dir: &Path) -> Result<PathBuf> {
+    if let Some(p) = configured {
+        if !p.is_file() {
+            return Err(usage(format!(
+                "app.ecosystem {} does not exist",
+                p.display()
+            )));
+        }
+        return Ok(p.to_path_buf());
+    }
+    let found: Vec<PathBuf> = CANDIDATES
+        .iter()
+        .map(|c| app_dir.join(c))
+        .filter(|p| p.is_file())
+        .collect();
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(usage(format!(
+            "no ecosystem file in {} (looked for {}); set app.ecosystem in guard.toml",
+            app_dir.display(),
+            CANDIDATES.join(", ")
+        ))),
+        [a, b, ..] => Err(usage(format!(
+            "two ecosystem files in {}: {} and {}; remove one or set app.ecosystem in guard.toml",
+            app_dir.display(),
+            name(a),
+            name(b)
+        ))),
+    }
+}
+
+fn name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Load the file as PM2 would and return the apps it declares; None (with a warning) when
+/// node is not installed, since then only PM2 itself can tell. `pm2_root` is where PM2 is
+/// installed (its js-yaml reads .yml files).
+pub async fn load(ecosystem: &Path, pm2_root: Option<&Path>) -> Result<Option<Vec<Declared>>> {
     if crate::pm2::find_program(Path::new("node")).is_none() {
         tracing::warn!(
             "node is not on PATH: cannot check {} before the restart",
             ecosystem.display()
         );
-        return Ok(false);
+        return Ok(None);
     }
     let eco = ecosystem.to_string_lossy();
-    let shown = runner::display("node", &["-e", "<load ecosystem>", &eco]);
+    let root = pm2_root
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // From a file, as PM2's CLI does: under `node -e`, require() of an ES module that throws
+    // while it loads returns an empty namespace instead of the error.
+    let mut loader = tempfile::Builder::new()
+        .prefix("guard-ecosystem-")
+        .suffix(".cjs")
+        .tempfile()?;
+    std::io::Write::write_all(&mut loader, EVAL.as_bytes())?;
+    let loader_path = loader.path().to_string_lossy().into_owned();
+    let shown = runner::display("node", &["<load ecosystem as pm2 does>", &eco]);
     let mut cmd = Command::new("node");
-    cmd.args(["-e", EVAL, &eco]);
+    cmd.args([loader_path.as_str(), &eco, &root]);
     if let Some(dir) = ecosystem.parent() {
         cmd.current_dir(dir);
     }
     let out = runner::run(cmd, &shown, Duration::from_secs(20), None).await?;
     if !out.success() {
-        bail!("{} does not load: {}", ecosystem.display(), out.tail(3));
+        bail!(
+            "{} does not load: {}",
+            ecosystem.display(),
+            explain(ecosystem, &String::from_utf8_lossy(&out.stderr))
+        );
     }
-    let names: Vec<Option<String>> =
-        serde_json::from_str(out.stdout_text().trim()).unwrap_or_default();
-    if !names.iter().flatten().any(|n| n == app) {
-        bail!("{} declares no app named {app:?}", ecosystem.display());
+    let text = out.stdout_text();
+    let json = text.rsplit_once(MARKER).map(|(_, j)| j).unwrap_or_default();
+    let apps: Vec<Declared> = serde_json::from_str(json.trim()).map_err(|e| {
+        anyhow::anyhow!(
+            "{} loaded but did not give an app list: {e}",
+            ecosystem.display()
+        )
+    })?;
+    Ok(Some(apps))
+}
+
+/// Check that the ecosystem file loads and declares `app`; returns the app's declaration
+/// (None when node is missing).
+pub async fn check(
+    ecosystem: &Path,
+    app: &str,
+    pm2_root: Option<&Path>,
+) -> Result<Option<Declared>> {
+    let Some(apps) = load(ecosystem, pm2_root).await? else {
+        return Ok(None);
+    };
+    match apps.into_iter().find(|a| a.name.as_deref() == Some(app)) {
+        Some(a) => Ok(Some(a)),
+        None => bail!("{} declares no app named {app:?}", ecosystem.display()),
     }
-    Ok(true)
+}
+
+/// One readable line on why the file did not load, from node's stderr.
+pub fn explain(ecosystem: &Path, stderr: &str) -> String {
+    let esm = [
+        "ERR_REQUIRE_ESM",
+        "module is not defined in ES module scope",
+        "require is not defined in ES module scope",
+        "exports is not defined in ES module scope",
+    ];
+    if esm.iter().any(|m| stderr.contains(m)) {
+        let file = name(ecosystem);
+        let stem = file.trim_end_matches(".js").trim_end_matches(".mjs");
+        return format!(
+            "package.json has \"type\": \"module\", so {file} loads as an ES module and PM2 cannot require() it: rename it to {stem}.cjs"
+        );
+    }
+    let lines: Vec<&str> = stderr
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    // node prints "file:line", the source line, a caret, then "SyntaxError: ...".
+    let at = lines
+        .iter()
+        .find(|l| {
+            l.contains(&name(ecosystem))
+                && l.rsplit(':')
+                    .next()
+                    .is_some_and(|n| n.parse::<u32>().is_ok())
+        })
+        .map(|l| {
+            let line = l.rsplit(':').next().unwrap_or_default();
+            format!(" ({}, line {line})", name(ecosystem))
+        })
+        .unwrap_or_default();
+    let error = lines
+        .iter()
+        .find(|l| {
+            let t = l.trim_start();
+            !t.starts_with("at ") && t.split(':').next().is_some_and(|w| w.ends_with("Error"))
+        })
+        .or(lines.last())
+        .copied()
+        .unwrap_or("node exited with an error");
+    format!("{}{at}", error.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_candidate_is_found_two_are_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(locate(None, dir.path()).is_err());
+        std::fs::write(dir.path().join("ecosystem.config.cjs"), "").unwrap();
+        assert!(
+            locate(None, dir.path())
+                .unwrap()
+                .ends_with("ecosystem.config.cjs")
+        );
+        std::fs::write(dir.path().join("ecosystem.config.js"), "").unwrap();
+        let err = locate(None, dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("ecosystem.config.js and ecosystem.config.cjs"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn esm_and_syntax_errors_are_explained_on_one_line() {
+        let eco = Path::new("/srv/app/ecosystem.config.js");
+        let esm = "file:///srv/app/ecosystem.config.js:1\nmodule.exports = {\n^\n\nReferenceError: module is not defined in ES module scope\nThis file is being treated as an ES module";
+        let e = explain(eco, esm);
+        assert!(
+            e.contains("\"type\": \"module\"") && e.contains("ecosystem.config.cjs"),
+            "{e}"
+        );
+        let syntax = "/srv/app/ecosystem.config.js:3\n  apps: [ {\n        ^\n\nSyntaxError: Unexpected token '{'\n    at wrapSafe (node:internal/modules/cjs/loader:1378:20)";
+        assert_eq!(
+            explain(eco, syntax),
+            "SyntaxError: Unexpected token '{' (ecosystem.config.js, line 3)"
+        );
+    }
+
+    #[test]
+    fn script_paths_resolve_against_cwd() {
+        let d = Declared {
+            name: Some("api".into()),
+            script: Some("dist/main.js".into()),
+            cwd: None,
+        };
+        let eco = Path::new("/srv/app/ecosystem.config.js");
+        assert_eq!(
+            d.script_path(eco).unwrap(),
+            Path::new("/srv/app/dist/main.js")
+        );
+    }
 }

@@ -60,6 +60,13 @@ pub struct Report {
     pub steps: Vec<Step>,
     /// The incident taken or used.
     pub incident: Option<String>,
+    /// The commit (or tree fingerprint) in place before the run, for deploy and rollback.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub before: Option<String>,
+    /// The commit (or tree fingerprint) the run put in place: what a deploy deployed, what a
+    /// rollback restored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
     /// `success`, `failed`, `rolled back`...
     pub verdict: String,
     /// Why, in one line.
@@ -96,6 +103,8 @@ impl Printer {
                 app: None,
                 steps: Vec::new(),
                 incident: None,
+                before: None,
+                after: None,
                 verdict: String::new(),
                 reason: None,
                 exit_code: 0,
@@ -124,6 +133,12 @@ impl Printer {
         self.report.incident = Some(id.to_string());
     }
 
+    /// Record the code before and after the run (commit, or tree fingerprint).
+    pub fn set_codes(&mut self, before: Option<String>, after: Option<String>) {
+        self.report.before = before;
+        self.report.after = after;
+    }
+
     /// Attach command-specific data (a `Serialize` type of `report`) to the JSON document.
     pub fn set_data(&mut self, data: &impl Serialize) {
         self.report.data = serde_json::to_value(data)
@@ -132,7 +147,8 @@ impl Printer {
 
     /// Record and show a finished step.
     pub fn step(&mut self, name: &str, state: StepState, took: Duration, detail: impl AsRef<str>) {
-        let detail = self.redactor.redact(detail.as_ref());
+        // One line per step: a multi-line cause (a command's last output lines) is joined.
+        let detail = sanitize(&self.redactor.redact(detail.as_ref()).replace('\n', " | "));
         if self.mode == Mode::Human {
             let (word, color) = match state {
                 StepState::Ok => ("ok", "32"),
@@ -163,6 +179,18 @@ impl Printer {
         }
     }
 
+    /// Output a command printed that the operator must see when it failed, even with `-q`
+    /// (in human mode it was shown as it ran; in JSON it is in the document): on stderr.
+    pub fn failed_output(&self, title: &str, lines: &[String]) {
+        if self.mode == Mode::Quiet && !lines.is_empty() {
+            let mut err = std::io::stderr().lock();
+            let _ = writeln!(err, "{title}");
+            for l in lines {
+                let _ = writeln!(err, "  {}", sanitize(&self.redactor.redact(l)));
+            }
+        }
+    }
+
     /// A plain line on stdout in human mode (tables, status blocks).
     pub fn line(&self, line: impl AsRef<str>) {
         if self.mode == Mode::Human {
@@ -172,7 +200,7 @@ impl Printer {
 
     /// Print the outcome and return the report for the audit log.
     pub fn finish(&mut self, status: ExitStatus, summary: &str) -> Report {
-        let summary = self.redactor.redact(summary);
+        let summary = sanitize(&self.redactor.redact(summary));
         self.report.verdict = status.to_string();
         self.report.exit_code = status.code();
         if !summary.is_empty() {
@@ -231,7 +259,7 @@ impl Printer {
         if self.mode == Mode::Json {
             self.report.verdict = status.to_string();
             self.report.exit_code = status.code();
-            self.report.reason = Some(self.redactor.redact(&format!("{err:#}")));
+            self.report.reason = Some(sanitize(&self.redactor.redact(&format!("{err:#}"))));
             let doc = serde_json::to_string_pretty(&self.report).unwrap_or_default();
             out(&self.redactor.redact(&doc));
         }
@@ -253,9 +281,47 @@ fn out(line: &str) {
     let _ = stdout.flush();
 }
 
-/// Replace control characters so text from files and commands cannot drive the terminal.
+/// Remove ANSI escape sequences (pm2's and git's colours, cursor moves) from text.
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\x1b' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            // CSI: parameters, then one final byte in @..~
+            Some('[') => {
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+            // OSC: up to BEL or ESC \
+            Some(']') => {
+                while let Some(c) = chars.next() {
+                    if c == '\x07' {
+                        break;
+                    }
+                    if c == '\x1b' {
+                        chars.next();
+                        break;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Strip escape sequences and replace other control characters, so text from files and
+/// commands cannot drive the terminal.
 pub fn sanitize(text: &str) -> String {
-    text.chars()
+    strip_ansi(text)
+        .chars()
         .map(|c| if c.is_control() && c != '\t' { '?' } else { c })
         .collect()
 }
@@ -284,7 +350,9 @@ mod tests {
     }
 
     #[test]
-    fn control_characters_are_neutralised() {
-        assert_eq!(sanitize("a\x1b[31mb\tc"), "a?[31mb\tc");
+    fn control_characters_are_neutralised_and_colours_dropped() {
+        assert_eq!(sanitize("a\x1b[31mb\tc\x1b[0m"), "ab\tc");
+        assert_eq!(sanitize("x\x1b]0;title\x07y\x08z"), "xy?z");
+        assert_eq!(strip_ansi("[PM2] \x1b[32m✓\x1b[39m done"), "[PM2] ✓ done");
     }
 }

@@ -180,14 +180,9 @@ impl Pm2 {
         Ok(list)
     }
 
-    /// Remove the app from PM2 (stopping it); a no-op when PM2 does not know it. Returns
-    /// whether PM2 knew it.
-    pub async fn delete(&self) -> Result<bool> {
-        if self.instances().await?.is_empty() {
-            return Ok(false);
-        }
-        self.call(&["delete", &self.name]).await?;
-        Ok(true)
+    /// Remove the app from PM2 (stopping it).
+    pub async fn delete(&self) -> Result<()> {
+        self.call(&["delete", &self.name]).await.map(drop)
     }
 
     /// Start the app from its ecosystem file, so every ecosystem and env value takes effect.
@@ -198,12 +193,21 @@ impl Pm2 {
             .map(drop)
     }
 
-    /// Delete and start: the one restart that picks up changed ecosystem, env and script values.
-    /// Returns false when this was the app's first start (PM2 did not know it).
-    pub async fn restart(&self, ecosystem: &Path) -> Result<bool> {
-        let known = self.delete().await?;
-        self.start(ecosystem).await?;
-        Ok(known)
+    /// Delete and start: the one restart that picks up changed ecosystem, env and script
+    /// values. `known` is whether PM2 has the app now (nothing to delete on a first start).
+    pub async fn restart(&self, ecosystem: &Path, known: bool) -> Result<()> {
+        if known {
+            self.delete().await?;
+        }
+        self.start(ecosystem).await
+    }
+
+    /// Where PM2 is installed (the `pm2` package folder), found from its executable; its
+    /// js-yaml loads YAML ecosystem files as PM2 does.
+    pub fn install_root(&self) -> Option<PathBuf> {
+        let real = std::fs::canonicalize(&self.bin).ok()?;
+        // .../node_modules/pm2/bin/pm2 -> .../node_modules/pm2
+        real.parent()?.parent().map(Path::to_path_buf)
     }
 
     /// `pm2 save`: make PM2's dump (what comes back after a reboot) match what runs.

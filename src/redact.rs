@@ -3,10 +3,16 @@
 use std::fmt;
 use std::path::Path;
 
+/// Env keys whose values are settings, not secrets: they stay readable in output, so
+/// `HOST=127.0.0.1` does not turn every address guard prints into `***`. Extend with
+/// `[redact] readable` in guard.toml.
+pub const READABLE: [&str; 5] = ["PORT", "HOST", "NODE_ENV", "TZ", "LOG_LEVEL"];
+
 /// Values that must never be printed: every non-trivial value of the backed-up env files.
 #[derive(Clone, Default)]
 pub struct Redactor {
     secrets: Vec<String>,
+    readable: Vec<String>,
 }
 
 impl fmt::Debug for Redactor {
@@ -27,18 +33,28 @@ pub fn is_env_file(path: &Path) -> bool {
 }
 
 impl Redactor {
-    /// A redactor for the env files among `files` (paths relative to `dir`); unreadable files are skipped.
-    pub fn from_env_files(dir: &Path, files: &[impl AsRef<Path>]) -> Redactor {
-        let mut r = Redactor::default();
+    /// A redactor for the env files among `files` (paths relative to `dir`); unreadable files
+    /// are skipped. Values of the `readable` keys are not masked.
+    pub fn from_env_files(dir: &Path, files: &[impl AsRef<Path>], readable: &[String]) -> Redactor {
+        let mut r = Redactor {
+            secrets: Vec::new(),
+            readable: readable.to_vec(),
+        };
+        r.learn_env_files(dir, files);
+        r
+    }
+
+    /// Learn (again) the values of the env files among `files`: a deploy step may have
+    /// written new ones.
+    pub fn learn_env_files(&mut self, dir: &Path, files: &[impl AsRef<Path>]) {
         for f in files {
             let f = f.as_ref();
             if is_env_file(f)
                 && let Ok(text) = std::fs::read_to_string(dir.join(f))
             {
-                r.add_env_text(&text);
+                self.add_env_text(&text);
             }
         }
-        r
     }
 
     /// Learn the values of `KEY=VALUE` lines.
@@ -49,9 +65,12 @@ impl Redactor {
             if line.starts_with('#') {
                 continue;
             }
-            let Some((_, value)) = line.split_once('=') else {
+            let Some((key, value)) = line.split_once('=') else {
                 continue;
             };
+            if self.readable.iter().any(|k| k == key.trim()) {
+                continue;
+            }
             let value = value.trim();
             let value = value
                 .strip_prefix('"')
@@ -106,6 +125,22 @@ mod tests {
         let out = r.redact("dsn https://abc123@sentry.example/1 pw hunter22 port 3000 true");
         assert_eq!(out, "dsn *** pw *** port 3000 true");
         assert!(!format!("{r:?}").contains("hunter22"));
+    }
+
+    #[test]
+    fn readable_keys_stay_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("env.env"),
+            "HOST=127.0.0.1\nSENTRY_DSN=https://key123@sentry.invalid/1\n",
+        )
+        .unwrap();
+        let readable: Vec<String> = READABLE.iter().map(|k| k.to_string()).collect();
+        let r = Redactor::from_env_files(dir.path(), &["env.env"], &readable);
+        assert_eq!(
+            r.redact("http://127.0.0.1:80 https://key123@sentry.invalid/1"),
+            "http://127.0.0.1:80 ***"
+        );
     }
 
     #[test]

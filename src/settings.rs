@@ -28,6 +28,8 @@ pub struct Settings {
     pub health: Health,
     /// How PM2 is reached.
     pub pm2: Pm2Config,
+    /// Env keys whose values are not secrets and stay readable in output (PORT, HOST...).
+    pub readable_env: Vec<String>,
 }
 
 /// `[app]`
@@ -37,8 +39,9 @@ pub struct App {
     pub name: String,
     /// The app's folder (absolute).
     pub dir: PathBuf,
-    /// The ecosystem file (absolute).
-    pub ecosystem: PathBuf,
+    /// The ecosystem file (absolute) when guard.toml names one; else it is found in app.dir
+    /// each time it is needed (see `ecosystem::locate`), so a release may rename it.
+    pub ecosystem: Option<PathBuf>,
 }
 
 /// `[backup]`
@@ -64,6 +67,10 @@ pub struct Clean {
     pub paths: Vec<PathBuf>,
     /// File name globs matched in the app dir itself (not recursive).
     pub globs: Vec<glob::Pattern>,
+    /// `true` (the incident's layout): `paths` are artifacts, removed before and after the
+    /// deploy step. `false` (an app that builds on the server): `paths` are build outputs,
+    /// removed only before the deploy step, and restored with the rest of a snapshot.
+    pub after_deploy: bool,
 }
 
 /// `[health]`
@@ -105,6 +112,8 @@ struct RawConfig {
     health: RawHealth,
     #[serde(default)]
     pm2: RawPm2,
+    #[serde(default)]
+    redact: RawRedact,
 }
 
 #[derive(Debug, Deserialize)]
@@ -112,8 +121,7 @@ struct RawConfig {
 struct RawApp {
     name: String,
     dir: PathBuf,
-    #[serde(default = "default_ecosystem")]
-    ecosystem: PathBuf,
+    ecosystem: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -133,6 +141,8 @@ struct RawClean {
     paths: Vec<PathBuf>,
     #[serde(default = "default_clean_globs")]
     globs: Vec<String>,
+    #[serde(default = "default_true")]
+    after_deploy: bool,
 }
 
 impl Default for RawClean {
@@ -140,8 +150,20 @@ impl Default for RawClean {
         RawClean {
             paths: default_clean_paths(),
             globs: default_clean_globs(),
+            after_deploy: true,
         }
     }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRedact {
+    #[serde(default)]
+    readable: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -172,9 +194,6 @@ struct RawPm2 {
     home: Option<PathBuf>,
 }
 
-fn default_ecosystem() -> PathBuf {
-    "ecosystem.config.js".into()
-}
 fn default_clean_paths() -> Vec<PathBuf> {
     vec!["dist".into()]
 }
@@ -246,7 +265,10 @@ fn resolve(raw: RawConfig, base: &Path, path: &Path) -> std::result::Result<Sett
     if !dir.is_dir() {
         return Err(format!("app.dir {} is not a folder", dir.display()));
     }
-    let ecosystem = dir.join(relative_path("app.ecosystem", &raw.app.ecosystem)?);
+    let ecosystem = match &raw.app.ecosystem {
+        Some(e) => Some(dir.join(relative_path("app.ecosystem", e)?)),
+        None => None,
+    };
 
     let backup_dir = match raw.backup.dir {
         Some(d) => absolute_from(base, &d),
@@ -263,7 +285,13 @@ fn resolve(raw: RawConfig, base: &Path, path: &Path) -> std::result::Result<Sett
     }
     let files = match raw.backup.files {
         Some(files) => files,
-        None => vec![raw.app.ecosystem.clone(), "package.json".into()],
+        None => raw
+            .app
+            .ecosystem
+            .iter()
+            .cloned()
+            .chain(std::iter::once(PathBuf::from("package.json")))
+            .collect(),
     };
     let files = files
         .iter()
@@ -343,7 +371,16 @@ fn resolve(raw: RawConfig, base: &Path, path: &Path) -> std::result::Result<Sett
             exclude_patterns: raw.backup.exclude.clone(),
             keep,
         },
-        clean: Clean { paths, globs },
+        clean: Clean {
+            paths,
+            globs,
+            after_deploy: raw.clean.after_deploy,
+        },
+        readable_env: crate::redact::READABLE
+            .iter()
+            .map(|k| k.to_string())
+            .chain(raw.redact.readable.iter().cloned())
+            .collect(),
         deploy_command: raw.deploy.command.filter(|c| !c.trim().is_empty()),
         health: Health {
             url,
@@ -428,8 +465,9 @@ mod tests {
         assert_eq!(s.health.interval, Duration::from_millis(250));
         assert_eq!(s.backup.keep, DEFAULT_KEEP);
         assert_eq!(s.clean.paths, [PathBuf::from("dist")]);
-        assert!(s.app.ecosystem.is_absolute());
-        assert!(s.app.ecosystem.ends_with("ecosystem.config.js"));
+        assert!(s.app.ecosystem.is_none(), "found in app.dir when needed");
+        assert!(s.clean.after_deploy);
+        assert!(s.readable_env.iter().any(|k| k == "PORT"));
     }
 
     #[test]
@@ -471,7 +509,8 @@ mod tests {
         );
         let s = parse(&text).unwrap();
         assert_eq!(s.app.name, "onai-backend");
-        assert_eq!(s.backup.files.len(), 3);
+        assert_eq!(s.backup.files.len(), 2);
+        assert!(s.clean.after_deploy);
         assert_eq!(s.deploy_command.as_deref(), Some("git pull --ff-only"));
     }
 

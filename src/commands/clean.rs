@@ -21,7 +21,7 @@ struct CleanData<'a> {
 /// Run `guard clean`.
 pub async fn run(ctx: &mut Ctx<'_>, args: &CleanArgs) -> Result<Done> {
     let t = Instant::now();
-    let found = clean::find(&ctx.settings)?;
+    let found = clean::find(&ctx.settings, clean::Scope::Artifacts)?;
     ctx.printer.set_data(&CleanData { artifacts: &found });
     if found.is_empty() {
         ctx.printer
@@ -57,6 +57,6 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &CleanArgs) -> Result<Done> {
         ));
     }
     let _lock = ops::lock(ctx)?;
-    ops::clean_step(ctx, "clean")?;
+    ops::clean_step(ctx, "clean", clean::Scope::Artifacts)?;
     Ok(Done::new(Happened::Done, format!("removed {list}")))
 }

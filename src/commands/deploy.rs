@@ -8,6 +8,7 @@ use serde::Serialize;
 use tokio::process::Command;
 
 use super::Done;
+use crate::clean::Scope;
 use crate::cli::DeployArgs;
 use crate::ecosystem;
 use crate::exit::{Happened, usage};
@@ -21,9 +22,17 @@ use crate::watch::Start;
 /// A deploy step that runs longer than this is stopped and counts as failed.
 const DEPLOY_STEP_LIMIT: Duration = Duration::from_secs(3600);
 
+/// Lines of the deploy step's output kept in `--json` and shown on failure with `-q`.
+const STEP_TAIL: usize = 20;
+
 /// `--json` data of `guard deploy`.
 #[derive(Serialize, Default)]
 struct DeployData {
+    /// The ecosystem file used for the restart.
+    ecosystem: Option<String>,
+    /// The last lines the deploy step printed (masked); all of them are in the incident's
+    /// logs/deploy-step.log.
+    step_output: Vec<String>,
     /// The commit (or tree fingerprint) before the deploy.
     before: Option<String>,
     /// The commit in place after the deploy step (what was deployed).
@@ -40,12 +49,20 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &DeployArgs) -> Result<Done> {
     let tools = ctx.tools()?;
     ops::check_files(ctx)?;
     // A clean path that resolves outside app.dir is refused here, before the backup.
-    crate::clean::find(&ctx.settings)?;
-    if !ctx.settings.app.ecosystem.is_file() {
-        return Err(usage(format!(
-            "app.ecosystem {} does not exist",
-            ctx.settings.app.ecosystem.display()
-        )));
+    crate::clean::find(&ctx.settings, Scope::BeforeBuild)?;
+    let eco = ops::ecosystem_path(ctx)?;
+    // The clean after the deploy step must not delete what PM2 runs (an app that builds into
+    // dist/ with the incident's defaults): refused before anything changes.
+    if ctx.settings.clean.after_deploy
+        && !ctx.settings.clean.paths.is_empty()
+        && let Ok(Some(declared)) = ecosystem::check(
+            &eco,
+            &ctx.settings.app.name,
+            tools.pm2.install_root().as_deref(),
+        )
+        .await
+    {
+        ops::script_outside_clean(ctx, &declared, &eco).map_err(usage)?;
     }
     let step_cmd = deploy_command(ctx, args);
     let _lock = ops::lock(ctx)?;
@@ -75,6 +92,12 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &DeployArgs) -> Result<Done> {
             )
         }
     };
+    // What runs now: the deployed code, unless it was put back.
+    let after = match done.happened {
+        Happened::Done | Happened::LeftUnverified => data.deployed.clone(),
+        _ => data.before.clone(),
+    };
+    ctx.printer.set_codes(data.before.clone(), after.clone());
     ctx.printer.set_data(&data);
     ops::record(
         ctx,
@@ -83,7 +106,7 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &DeployArgs) -> Result<Done> {
         crate::exit::decide(done.happened),
         &done.summary,
         data.before.clone(),
-        data.deployed.clone(),
+        after,
     );
     Ok(done)
 }
@@ -112,7 +135,7 @@ async fn after_backup(
     step_cmd: StepCmd,
     data: &mut DeployData,
 ) -> Result<Done> {
-    ops::clean_step(ctx, "clean")?;
+    ops::clean_step(ctx, "clean", Scope::BeforeBuild)?;
     if let Some(signal) = ctx.cancel.signal() {
         return Ok(Done::new(
             Happened::StoppedUnchanged { signal },
@@ -121,19 +144,53 @@ async fn after_backup(
     }
 
     // The deploy step. Nothing has been restarted yet, so a failure only needs the files back.
-    if let Err(why) = deploy_step(ctx, step_cmd).await {
+    let (result, output) = deploy_step(ctx, step_cmd).await;
+    // The step may have written new secrets into the env files: mask those too from now on.
+    let mut redactor = ctx.printer.redactor().clone();
+    redactor.learn_env_files(&ctx.settings.app.dir, &ctx.settings.backup.files);
+    ctx.printer.set_redactor(redactor);
+    keep_step_output(ctx, id, &output, data);
+    if let Err(why) = result {
+        ctx.printer.failed_output(
+            &format!("the deploy step's last lines (all in incident {id}, logs/deploy-step.log):"),
+            &data.step_output,
+        );
         return undo_before_restart(ctx, tools, id, &why).await;
     }
-    data.deployed = ops::current_commit(ctx).await.or(data.before.clone());
-    ops::clean_step(ctx, "clean again")?;
+    // Outside git the deployed tree has no fingerprint until the next snapshot: none is named.
+    data.deployed = ops::current_commit(ctx).await;
+    if ctx.settings.clean.after_deploy {
+        ops::clean_step(ctx, "clean again", Scope::Artifacts)?;
+    }
 
+    // The release may have renamed its ecosystem file: it is found again now.
     let t = Instant::now();
-    match ecosystem::check(&ctx.settings.app.ecosystem, &ctx.settings.app.name).await {
+    let checked = match ops::ecosystem_path(ctx) {
+        Ok(eco) => {
+            data.ecosystem = Some(eco.display().to_string());
+            ecosystem::check(
+                &eco,
+                &ctx.settings.app.name,
+                tools.pm2.install_root().as_deref(),
+            )
+            .await
+            .map_err(|e| format!("{e:#}"))
+            .and_then(|d| match d {
+                Some(d) => ops::script_outside_clean(ctx, &d, &eco).map(|()| true),
+                None => Ok(false),
+            })
+        }
+        Err(e) => Err(format!("{e:#}")),
+    };
+    match checked {
         Ok(true) => ctx.printer.step(
             "ecosystem",
             StepState::Ok,
             t.elapsed(),
-            "loads and declares the app",
+            format!(
+                "{} loads and declares the app",
+                data.ecosystem.as_deref().unwrap_or_default()
+            ),
         ),
         Ok(false) => ctx.printer.step(
             "ecosystem",
@@ -142,21 +199,19 @@ async fn after_backup(
             "not checked: node not on PATH",
         ),
         Err(e) => {
-            ctx.printer.step(
-                "ecosystem",
-                StepState::Failed,
-                t.elapsed(),
-                format!("{e:#}"),
-            );
-            return undo_before_restart(ctx, tools, id, &format!("{e:#}")).await;
+            ctx.printer
+                .step("ecosystem", StepState::Failed, t.elapsed(), &e);
+            return undo_before_restart(ctx, tools, id, &e).await;
         }
     }
     if let Some(sig) = ctx.cancel.signal() {
         return undo_before_restart(ctx, tools, id, &format!("stopped by signal {sig}")).await;
     }
 
+    let mut offsets = crate::evidence::Offsets::new();
     let verdict = match restart::restart(ctx, tools).await {
-        Ok(()) => {
+        Ok(o) => {
+            offsets = o;
             let cancel = ctx.cancel.clone();
             restart::verify_step(ctx, tools, Start::Fresh, &cancel).await?
         }
@@ -171,7 +226,7 @@ async fn after_backup(
         ));
     }
 
-    ops::save_evidence(ctx, id, &verdict);
+    ops::save_evidence(ctx, id, &verdict, &offsets);
     let interrupted = ctx.cancel.signal();
     if args.no_rollback && interrupted.is_none() {
         return Ok(Done::new(
@@ -211,8 +266,31 @@ async fn after_backup(
     ))
 }
 
-/// Run the deploy step in app.dir; Err carries why it failed.
-async fn deploy_step(ctx: &mut Ctx<'_>, step_cmd: StepCmd) -> std::result::Result<(), String> {
+/// The deploy step's output, masked, into the incident (all of it) and the JSON (the end).
+fn keep_step_output(ctx: &mut Ctx<'_>, id: &str, output: &[String], data: &mut DeployData) {
+    if output.is_empty() {
+        return;
+    }
+    let r = ctx.printer.redactor();
+    let masked: Vec<String> = output
+        .iter()
+        .map(|l| crate::output::sanitize(&r.redact(l)))
+        .collect();
+    if let Err(e) = ctx
+        .store
+        .save_evidence(id, "deploy-step.log", &(masked.join("\n") + "\n"))
+    {
+        tracing::warn!("saving the deploy step's output: {e:#}");
+    }
+    data.step_output = masked[masked.len().saturating_sub(STEP_TAIL)..].to_vec();
+}
+
+/// Run the deploy step in app.dir; Err carries why it failed. Also returns every line it
+/// printed (stdout and stderr, in the order they came).
+async fn deploy_step(
+    ctx: &mut Ctx<'_>,
+    step_cmd: StepCmd,
+) -> (std::result::Result<(), String>, Vec<String>) {
     let t = Instant::now();
     let (mut cmd, shown) = match step_cmd {
         StepCmd::None => {
@@ -222,7 +300,7 @@ async fn deploy_step(ctx: &mut Ctx<'_>, step_cmd: StepCmd) -> std::result::Resul
                 t.elapsed(),
                 "none configured (deploy.command)",
             );
-            return Ok(());
+            return (Ok(()), Vec::new());
         }
         StepCmd::Shell(c) => {
             let mut cmd = Command::new("sh");
@@ -240,12 +318,16 @@ async fn deploy_step(ctx: &mut Ctx<'_>, step_cmd: StepCmd) -> std::result::Resul
     let cancel = ctx.cancel.clone();
     // Its output is shown as it comes (masked, indented), so a long `npm ci` is visibly alive.
     let printer = &*ctx.printer;
-    let mut show = |line: &str| printer.detail(line);
+    let mut lines = Vec::new();
+    let mut show = |line: &str| {
+        printer.detail(line);
+        lines.push(line.to_string());
+    };
     let result = tokio::select! {
         r = runner::run(cmd, &shown, DEPLOY_STEP_LIMIT, Some(&mut show)) => r,
         _ = cancel.cancelled() => Err(anyhow::anyhow!("stopped by signal {}", cancel.signal().unwrap_or(libc::SIGINT))),
     };
-    match result {
+    let result = match result {
         Ok(out) if out.success() => {
             ctx.printer
                 .step("deploy step", StepState::Ok, t.elapsed(), &shown);
@@ -263,7 +345,8 @@ async fn deploy_step(ctx: &mut Ctx<'_>, step_cmd: StepCmd) -> std::result::Resul
                 .step("deploy step", StepState::Failed, t.elapsed(), &why);
             Err(why)
         }
-    }
+    };
+    (result, lines)
 }
 
 /// Before any restart: put the whole tree back (a half-built dist/ included), leave the

@@ -79,7 +79,7 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &HealthArgs) -> Result<Done> {
     };
     let pids: Vec<u32> = instances.iter().filter_map(|i| i.pid).collect();
     let (probe, usage) = tokio::join!(prober.probe(), resources::sample(&pids));
-    let artifacts = clean::find(&ctx.settings)?;
+    let artifacts = clean::find(&ctx.settings, clean::Scope::Artifacts)?;
     let incidents = ctx.store.list().unwrap_or_default();
     let now_ms = jiff::Timestamp::now().as_millisecond();
 

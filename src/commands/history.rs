@@ -8,6 +8,7 @@ use crate::audit::{self, Entry};
 use crate::cli::HistoryArgs;
 use crate::exit::Happened;
 use crate::ops::Ctx;
+use crate::store::manifest::short_code;
 
 /// `--json` data of `guard history`.
 #[derive(Serialize)]
@@ -19,8 +20,12 @@ struct HistoryData<'a> {
 pub async fn run(ctx: &mut Ctx<'_>, args: &HistoryArgs) -> Result<Done> {
     let entries = audit::read(ctx.store.dir(), args.limit)?;
     for e in &entries {
+        let codes = match (&e.before, &e.after) {
+            (Some(b), Some(a)) => format!("  {} -> {}", short_code(b), short_code(a)),
+            _ => String::new(),
+        };
         ctx.printer.line(format!(
-            "{}  {}@{}  exit {}  {}  {}{}",
+            "{}  {}@{}  exit {}  {}{codes}  {}{}",
             e.time,
             e.user,
             e.host,

@@ -6,6 +6,7 @@ use serde::Serialize;
 use super::Done;
 use crate::exit::Happened;
 use crate::ops::Ctx;
+use crate::store::manifest::short_code;
 use crate::store::{Kind, RunRecord};
 
 /// One incident in `--json`.
@@ -35,7 +36,7 @@ pub async fn run(ctx: &mut Ctx<'_>) -> Result<Done> {
     let mut rows = Vec::new();
     ctx.printer.line(format!(
         "{:<20} {:<24} {:<12} {:<13} {:<14} {:>9}  reason",
-        "id", "time", "kind", "commit", "outcome", "size"
+        "id", "time", "kind", "snapshot of", "outcome", "size"
     ));
     for l in &incidents {
         let size = l.size();
@@ -44,11 +45,21 @@ pub async fn run(ctx: &mut Ctx<'_>) -> Result<Done> {
             .as_ref()
             .map(|o| o.verdict.clone())
             .unwrap_or_else(|| "-".into());
+        let codes = l
+            .outcome
+            .as_ref()
+            .and_then(|o| match (&o.before, &o.after) {
+                (Some(b), Some(a)) if b != a => {
+                    Some(format!("  [{} -> {}]", short_code(b), short_code(a)))
+                }
+                _ => None,
+            })
+            .unwrap_or_default();
         match &l.manifest {
             Ok(m) => {
                 let commit = m.fingerprint().unwrap_or_else(|| "-".into());
                 ctx.printer.line(format!(
-                    "{:<20} {:<24} {:<12} {:<13} {:<14} {:>9}  {}",
+                    "{:<20} {:<24} {:<12} {:<13} {:<14} {:>9}  {}{codes}",
                     l.id, m.created_at, m.kind, commit, outcome, size, m.reason
                 ));
                 rows.push(Row {

@@ -62,6 +62,7 @@ pub async fn run(cli: Cli, printer: &mut Printer, cancel: Cancel) -> ExitStatus 
     printer.set_redactor(Redactor::from_env_files(
         &settings.app.dir,
         &settings.backup.files,
+        &settings.readable_env,
     ));
     let audit_dir = settings.backup.dir.clone();
     let audited = changes_things(&cli.command);

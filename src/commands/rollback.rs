@@ -111,6 +111,8 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &RollbackArgs) -> Result<Done> {
             )
         }
     };
+    ctx.printer
+        .set_codes(data.before.clone(), data.restored_code.clone());
     ctx.printer.set_data(&data);
     ops::record(
         ctx,

@@ -92,10 +92,10 @@ pub fn check_files(ctx: &Ctx<'_>) -> Result<()> {
     Ok(())
 }
 
-/// The clean step: remove what is there and say so.
-pub fn clean_step(ctx: &mut Ctx<'_>, name: &str) -> Result<()> {
+/// The clean step: remove what the rules of `scope` match and say so.
+pub fn clean_step(ctx: &mut Ctx<'_>, name: &str, scope: clean::Scope) -> Result<()> {
     let t = Instant::now();
-    let found = clean::find(&ctx.settings)?;
+    let found = clean::find(&ctx.settings, scope)?;
     if found.is_empty() {
         ctx.printer
             .step(name, StepState::Ok, t.elapsed(), "no artifacts");
@@ -107,6 +107,46 @@ pub fn clean_step(ctx: &mut Ctx<'_>, name: &str) -> Result<()> {
             t.elapsed(),
             format!("removed {}", clean::summary(&found)),
         );
+    }
+    Ok(())
+}
+
+/// The ecosystem file in force now: guard.toml's, else the one found in app.dir.
+pub fn ecosystem_path(ctx: &Ctx<'_>) -> Result<std::path::PathBuf> {
+    crate::ecosystem::locate(ctx.settings.app.ecosystem.as_deref(), &ctx.settings.app.dir)
+}
+
+/// With `clean.after_deploy`, the app's script and cwd must not lie inside a `clean.paths`
+/// entry: guard would delete them after every deploy step. Err says why and how to fix it.
+pub fn script_outside_clean(
+    ctx: &Ctx<'_>,
+    declared: &crate::ecosystem::Declared,
+    ecosystem: &std::path::Path,
+) -> std::result::Result<(), String> {
+    if !ctx.settings.clean.after_deploy {
+        return Ok(());
+    }
+    let app_dir = &ctx.settings.app.dir;
+    let cwd = declared.cwd_path(ecosystem);
+    let script = declared.script_path(ecosystem);
+    for rel in &ctx.settings.clean.paths {
+        let cleaned = app_dir.join(rel);
+        let hit = [
+            Some(("script", script.clone())),
+            Some(("cwd", Some(cwd.clone()))),
+        ]
+        .into_iter()
+        .flatten()
+        .find_map(|(what, p)| p.filter(|p| p.starts_with(&cleaned)).map(|p| (what, p)));
+        if let Some((what, p)) = hit {
+            return Err(format!(
+                "the PM2 app's {what} {} lies inside clean.paths entry {:?}, which guard removes after the deploy step: if {}/ is your build output, set `after_deploy = false` under [clean] in {}",
+                p.display(),
+                rel.display().to_string(),
+                rel.display(),
+                ctx.settings.config_path.display()
+            ));
+        }
     }
     Ok(())
 }
@@ -141,9 +181,10 @@ pub fn record(
     }
 }
 
-/// Save the app's log tails into the incident and show the last lines of the error log.
-pub fn save_evidence(ctx: &mut Ctx<'_>, id: &str, verdict: &Verdict) {
-    let tails = evidence::collect(&verdict.instances, ctx.printer.redactor());
+/// Save the app's log tails (only what they got since the restart) into the incident and show
+/// the last lines of the error log.
+pub fn save_evidence(ctx: &mut Ctx<'_>, id: &str, verdict: &Verdict, since: &evidence::Offsets) {
+    let tails = evidence::collect(&verdict.instances, ctx.printer.redactor(), since);
     for tail in &tails {
         match ctx.store.save_evidence(id, &tail.name, &tail.text) {
             Ok(path) => tracing::info!("saved {}", path.display()),

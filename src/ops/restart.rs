@@ -6,22 +6,43 @@ use std::time::Instant;
 use anyhow::Result;
 
 use super::{Ctx, Tools};
+use crate::evidence::{self, Offsets};
 use crate::output::StepState;
 use crate::signals::Cancel;
 use crate::verdict::{Reason, Verdict};
 use crate::verify;
 use crate::watch::{Rules, Start};
 
-/// `pm2 delete` + `pm2 start` from the ecosystem, as a step. Err is the verdict to report
-/// when PM2 could not even start it.
-pub async fn restart(ctx: &mut Ctx<'_>, tools: &Tools) -> Result<(), Verdict> {
+/// `pm2 delete` + `pm2 start` from the ecosystem, as a step. Returns where the PM2 logs
+/// ended before it (evidence is what comes after); Err is the verdict to report when PM2
+/// could not even start it.
+pub async fn restart(ctx: &mut Ctx<'_>, tools: &Tools) -> Result<Offsets, Verdict> {
     let t = Instant::now();
-    match tools.pm2.restart(&ctx.settings.app.ecosystem).await {
-        Ok(known) => {
-            let how = if known {
-                "pm2 delete + start"
-            } else {
+    let failed = |e: anyhow::Error, ctx: &mut Ctx<'_>| {
+        ctx.printer
+            .step("restart", StepState::Failed, t.elapsed(), format!("{e:#}"));
+        Verdict::new(
+            Reason::RestartFailed {
+                error: format!("{e:#}"),
+            },
+            t.elapsed(),
+        )
+    };
+    let ecosystem = match super::ecosystem_path(ctx) {
+        Ok(e) => e,
+        Err(e) => return Err(failed(e, ctx)),
+    };
+    let before = match tools.pm2.instances().await {
+        Ok(b) => b,
+        Err(e) => return Err(failed(e, ctx)),
+    };
+    let offsets = evidence::offsets(tools.pm2.home(), &before);
+    match tools.pm2.restart(&ecosystem, !before.is_empty()).await {
+        Ok(()) => {
+            let how = if before.is_empty() {
                 "first start from the ecosystem"
+            } else {
+                "pm2 delete + start"
             };
             ctx.printer.step(
                 "restart",
@@ -29,18 +50,9 @@ pub async fn restart(ctx: &mut Ctx<'_>, tools: &Tools) -> Result<(), Verdict> {
                 t.elapsed(),
                 format!("{how} {}", ctx.settings.app.name),
             );
-            Ok(())
+            Ok(offsets)
         }
-        Err(e) => {
-            ctx.printer
-                .step("restart", StepState::Failed, t.elapsed(), format!("{e:#}"));
-            Err(Verdict::new(
-                Reason::RestartFailed {
-                    error: format!("{e:#}"),
-                },
-                t.elapsed(),
-            ))
-        }
+        Err(e) => Err(failed(e, ctx)),
     }
 }
 

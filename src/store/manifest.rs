@@ -35,7 +35,8 @@ pub enum Kind {
 
 impl std::fmt::Display for Kind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+        // pad, not write_str: tables align it with `{:<12}`.
+        f.pad(match self {
             Kind::Manual => "manual",
             Kind::PreDeploy => "pre-deploy",
             Kind::PreRollback => "pre-rollback",
@@ -278,6 +279,15 @@ impl Manifest {
             }
         }
         said.join(", ")
+    }
+}
+
+/// A commit shortened to 12 characters; a tree fingerprint (`tree 1a2b...`) as it is.
+pub fn short_code(code: &str) -> &str {
+    if code.starts_with("tree ") {
+        code
+    } else {
+        &code[..code.len().min(12)]
     }
 }
 

@@ -4,6 +4,7 @@
 mod support;
 
 mod backup_rollback;
+mod build;
 mod clean;
 mod deploy;
 mod faults;

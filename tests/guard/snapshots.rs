@@ -198,7 +198,7 @@ fn an_unchanged_tree_is_not_read_again_and_contents_are_stored_once() {
     let first = app.guard(&["--json", "backup"]);
     first.expect(0);
     // Reinstall every dependency: new files, same bytes.
-    app.node(&["install.js"]);
+    app.node(&["install.cjs"]);
     let second = app.guard(&["--json", "backup"]);
     second.expect(0);
     let detail = |run: &crate::support::Run| {

@@ -345,8 +345,8 @@ impl App {
     /// deploy is not what is tested). Waits until v1 answers.
     pub fn start_v1(&self) {
         if self.fixture == Fixture::Build {
-            self.node(&["install.js"]);
-            self.node(&["build.js"]);
+            self.node(&["install.cjs"]);
+            self.node(&["build.cjs"]);
         }
         let eco = self.dir.join("ecosystem.config.js");
         let out = self.pm2(&["start", eco.to_str().unwrap()]);

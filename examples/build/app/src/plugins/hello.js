@@ -1,0 +1,2 @@
+// A plugin the server loads from dist/plugins/.
+module.exports = { name: 'hello' };
