@@ -48,6 +48,7 @@ rm "$root/upstream/env.env.example"
 (cd "$root/upstream" && git checkout -q -b main && git add -A && git_q commit -qm "release v1" && git push -q origin main)
 git clone -q "$root/origin.git" "$root/app"
 sed "s/^PORT=.*/PORT=$port/" "$src/env.env.example" > "$root/app/env.env"
+chmod 600 "$root/app/env.env"   # it holds secrets: `guard check` fails a world-readable one
 
 cat > "$root/guard.toml" <<TOML
 [app]

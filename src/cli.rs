@@ -8,7 +8,7 @@ const EXIT_CODES: &str = "\
 Exit codes:
   0  success
   1  failed (unhealthy, artifacts found by --check, a step failed)
-  2  usage or config error: nothing was changed
+  2  usage or config error, or a failing check before a deploy: nothing was changed
   3  deploy failed and was rolled back: the previous version is verified healthy
   4  deploy or rollback failed and the service is NOT verified healthy: a human must act
   5  another guard run holds the lock for this app
@@ -57,6 +57,11 @@ pub enum Command {
     List,
     /// Show the audit log of runs that changed something
     History(HistoryArgs),
+    /// Preflight: PM2 fail-fast policy, Sentry, .gitignore, pm2 save, file modes, room for a
+    /// snapshot... each ok, warn or fail with a fix; changes nothing (exit 1 on a failure)
+    Check,
+    /// Write a guard.toml for an app from its ecosystem file (never overwrites one)
+    Init(InitArgs),
 }
 
 impl Command {
@@ -70,6 +75,8 @@ impl Command {
             Command::Rollback(_) => "rollback",
             Command::List => "list",
             Command::History(_) => "history",
+            Command::Check => "check",
+            Command::Init(_) => "init",
         }
     }
 }
@@ -118,6 +125,17 @@ pub struct RollbackArgs {
     /// The incident to restore: an id like 20251222-110221 (or incident-20251222-110221), or `latest`
     #[arg(long, value_name = "ID|latest")]
     pub incident: String,
+}
+
+/// Flags of `guard init`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The app's folder, where its ecosystem file is [default: the current folder]
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// The PM2 app to guard, when the ecosystem declares several
+    #[arg(long, value_name = "NAME")]
+    pub app: Option<String>,
 }
 
 /// Flags of `guard history`.

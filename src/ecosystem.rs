@@ -42,16 +42,26 @@ if (/\.json$/.test(f)) {
   c = require(f);
 }
 const apps = Array.isArray(c) ? c : (c && c.apps ? [].concat(c.apps) : []);
-const out = apps.filter(Boolean).map(a => ({
-  name: typeof a.name === 'string' ? a.name : null,
-  script: typeof a.script === 'string' ? a.script : null,
-  cwd: typeof a.cwd === 'string' ? a.cwd : null,
-}));
+const str = (v) => (v === undefined || v === null ? null : String(v));
+const out = apps.filter(Boolean).map(a => {
+  const env = (a.env && typeof a.env === 'object') ? a.env : {};
+  return {
+    name: typeof a.name === 'string' ? a.name : null,
+    script: typeof a.script === 'string' ? a.script : null,
+    cwd: typeof a.cwd === 'string' ? a.cwd : null,
+    max_restarts: a.max_restarts === undefined ? null : Number(a.max_restarts),
+    min_uptime: str(a.min_uptime),
+    port: str(env.PORT),
+    sentry_dsn: typeof env.SENTRY_DSN === 'string' && env.SENTRY_DSN.length > 0,
+    sentry_enabled: str(env.SENTRY_ENABLED),
+  };
+});
 process.stdout.write('\n@@guard-ecosystem@@' + JSON.stringify(out));
 "#;
 
-/// One app declared by the ecosystem file.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// One app declared by the ecosystem file: the fields guard reads, never the env values
+/// (only whether a Sentry DSN is set, and the settings PORT and SENTRY_ENABLED).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 pub struct Declared {
     /// PM2 name.
     pub name: Option<String>,
@@ -59,6 +69,36 @@ pub struct Declared {
     pub script: Option<String>,
     /// The cwd as written.
     pub cwd: Option<String>,
+    /// `max_restarts`, if set (PM2's default is 16).
+    #[serde(default)]
+    pub max_restarts: Option<f64>,
+    /// `min_uptime` as written ("30s" or a number of ms), if set (PM2's default is 1000 ms).
+    #[serde(default)]
+    pub min_uptime: Option<String>,
+    /// `env.PORT`, if set.
+    #[serde(default)]
+    pub port: Option<String>,
+    /// Whether `env.SENTRY_DSN` is set.
+    #[serde(default)]
+    pub sentry_dsn: bool,
+    /// `env.SENTRY_ENABLED`, if set.
+    #[serde(default)]
+    pub sentry_enabled: Option<String>,
+}
+
+/// PM2's defaults when an ecosystem does not set them.
+pub const PM2_DEFAULT_MAX_RESTARTS: f64 = 16.0;
+/// PM2's default `min_uptime` (1 s).
+pub const PM2_DEFAULT_MIN_UPTIME: Duration = Duration::from_secs(1);
+
+/// `min_uptime` as PM2 reads it: a number is milliseconds, a string like "30s", "1m" or
+/// "5000" (ms).
+pub fn parse_min_uptime(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(ms) = v.parse::<f64>() {
+        return (ms >= 0.0).then(|| Duration::from_millis(ms as u64));
+    }
+    humantime::parse_duration(v).ok()
 }
 
 impl Declared {
@@ -266,11 +306,19 @@ mod tests {
     }
 
     #[test]
+    fn min_uptime_reads_as_pm2_does() {
+        assert_eq!(parse_min_uptime("30s"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_min_uptime("5000"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_min_uptime("1m"), Some(Duration::from_secs(60)));
+        assert_eq!(parse_min_uptime("soon"), None);
+    }
+
+    #[test]
     fn script_paths_resolve_against_cwd() {
         let d = Declared {
             name: Some("api".into()),
             script: Some("dist/main.js".into()),
-            cwd: None,
+            ..Declared::default()
         };
         let eco = Path::new("/srv/app/ecosystem.config.js");
         assert_eq!(

@@ -61,6 +61,22 @@ impl Git {
             .to_string())
     }
 
+    /// Whether git ignores `rel` (a path relative to the work tree folder; it need not exist).
+    pub async fn is_ignored(&self, rel: &Path) -> Result<bool> {
+        let r = rel.to_string_lossy();
+        let shown = format!("git -C {} check-ignore -q {r}", self.dir.display());
+        let mut cmd = Command::new("git");
+        cmd.arg("-C")
+            .arg(&self.dir)
+            .args(["check-ignore", "-q", "--no-index", "--", &r]);
+        let out = runner::run(cmd, &shown, CALL_LIMIT, None).await?;
+        match out.code {
+            Some(0) => Ok(true),
+            Some(1) => Ok(false),
+            _ => anyhow::bail!("`{shown}` failed: {}", out.tail(3)),
+        }
+    }
+
     /// Whether `commit` exists in the repository.
     pub async fn has_commit(&self, commit: &str) -> bool {
         self.call(&["cat-file", "-e", &format!("{commit}^{{commit}}")])

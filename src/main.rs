@@ -2,6 +2,7 @@
 
 mod atomic;
 mod audit;
+mod checks;
 mod clean;
 mod cli;
 mod commands;

@@ -40,6 +40,9 @@ pub struct Instance {
     /// stderr log file.
     #[serde(skip)]
     pub err_log: Option<PathBuf>,
+    /// The script PM2 runs.
+    #[serde(skip)]
+    pub exec_path: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -69,6 +72,8 @@ struct RawEnv {
     pm_out_log_path: Option<PathBuf>,
     #[serde(default)]
     pm_err_log_path: Option<PathBuf>,
+    #[serde(default)]
+    pm_exec_path: Option<PathBuf>,
 }
 
 /// Parse `pm2 jlist` output; PM2 may print notices (e.g. "Spawning PM2 daemon") before the JSON.
@@ -92,6 +97,7 @@ pub fn parse_jlist(stdout: &str) -> Result<Vec<Instance>> {
             pid_path: p.pm2_env.pm_pid_path,
             out_log: p.pm2_env.pm_out_log_path,
             err_log: p.pm2_env.pm_err_log_path,
+            exec_path: p.pm2_env.pm_exec_path,
         })
         .collect())
 }
@@ -214,6 +220,24 @@ impl Pm2 {
     pub async fn save(&self) -> Result<()> {
         self.call(&["save", "--force"]).await.map(drop)
     }
+}
+
+/// The (name, script) pairs of PM2's saved process list (`dump.pm2`, written by `pm2 save`).
+/// Only those two fields are read: the dump also holds every app's environment.
+pub fn dump_entries(path: &Path) -> Result<Vec<(String, Option<PathBuf>)>> {
+    #[derive(Deserialize)]
+    struct Saved {
+        name: String,
+        #[serde(default)]
+        pm_exec_path: Option<PathBuf>,
+    }
+    let f = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let saved: Vec<Saved> = serde_json::from_reader(std::io::BufReader::new(f))
+        .with_context(|| format!("{} is not PM2's dump", path.display()))?;
+    Ok(saved
+        .into_iter()
+        .map(|s| (s.name, s.pm_exec_path))
+        .collect())
 }
 
 /// Whether a process with this pid exists.

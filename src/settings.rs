@@ -30,6 +30,17 @@ pub struct Settings {
     pub pm2: Pm2Config,
     /// Env keys whose values are not secrets and stay readable in output (PORT, HOST...).
     pub readable_env: Vec<String>,
+    /// Thresholds of `guard check`.
+    pub check: CheckLimits,
+}
+
+/// `[check]`: the PM2 fail-fast policy `guard check` expects.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckLimits {
+    /// The highest acceptable `max_restarts` (the incident's fix: 3).
+    pub max_restarts: u32,
+    /// The lowest acceptable `min_uptime` (the incident's fix: 30 s).
+    pub min_uptime: Duration,
 }
 
 /// `[app]`
@@ -114,6 +125,33 @@ struct RawConfig {
     pm2: RawPm2,
     #[serde(default)]
     redact: RawRedact,
+    #[serde(default)]
+    check: RawCheck,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCheck {
+    #[serde(default = "default_max_restarts")]
+    max_restarts: u32,
+    #[serde(default = "default_min_uptime", with = "humantime_serde")]
+    min_uptime: Duration,
+}
+
+impl Default for RawCheck {
+    fn default() -> Self {
+        RawCheck {
+            max_restarts: default_max_restarts(),
+            min_uptime: default_min_uptime(),
+        }
+    }
+}
+
+fn default_max_restarts() -> u32 {
+    3
+}
+fn default_min_uptime() -> Duration {
+    Duration::from_secs(30)
 }
 
 #[derive(Debug, Deserialize)]
@@ -375,6 +413,10 @@ fn resolve(raw: RawConfig, base: &Path, path: &Path) -> std::result::Result<Sett
             paths,
             globs,
             after_deploy: raw.clean.after_deploy,
+        },
+        check: CheckLimits {
+            max_restarts: raw.check.max_restarts,
+            min_uptime: raw.check.min_uptime,
         },
         readable_env: crate::redact::READABLE
             .iter()

@@ -351,6 +351,7 @@ mod tests {
             pid_path: None,
             out_log: None,
             err_log: None,
+            exec_path: None,
         }
     }
 

@@ -11,7 +11,7 @@ use super::Done;
 use crate::clean::Scope;
 use crate::cli::DeployArgs;
 use crate::ecosystem;
-use crate::exit::{Happened, usage};
+use crate::exit::Happened;
 use crate::ops::{self, Ctx, Tools, restart, restore, snapshot};
 use crate::output::StepState;
 use crate::runner;
@@ -50,20 +50,10 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &DeployArgs) -> Result<Done> {
     ops::check_files(ctx)?;
     // A clean path that resolves outside app.dir is refused here, before the backup.
     crate::clean::find(&ctx.settings, Scope::BeforeBuild)?;
-    let eco = ops::ecosystem_path(ctx)?;
-    // The clean after the deploy step must not delete what PM2 runs (an app that builds into
-    // dist/ with the incident's defaults): refused before anything changes.
-    if ctx.settings.clean.after_deploy
-        && !ctx.settings.clean.paths.is_empty()
-        && let Ok(Some(declared)) = ecosystem::check(
-            &eco,
-            &ctx.settings.app.name,
-            tools.pm2.install_root().as_deref(),
-        )
-        .await
-    {
-        ops::script_outside_clean(ctx, &declared, &eco).map_err(usage)?;
-    }
+    ops::ecosystem_path(ctx)?;
+    // `guard check`'s failures refuse the deploy before anything changes (among them the
+    // incident's defaults on an app whose script lies in dist/); its warnings are shown.
+    ops::preflight::deploy_gate(ctx, &tools).await?;
     let step_cmd = deploy_command(ctx, args);
     let _lock = ops::lock(ctx)?;
 

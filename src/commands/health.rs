@@ -8,8 +8,9 @@ use serde::Serialize;
 use super::Done;
 use crate::clean::{self, Artifact};
 use crate::cli::HealthArgs;
+use crate::ecosystem;
 use crate::exit::Happened;
-use crate::ops::{Ctx, restart};
+use crate::ops::{self, Ctx, preflight, restart};
 use crate::output::fmt_duration;
 use crate::pm2::Instance;
 use crate::probe::ProbeOutcome;
@@ -52,6 +53,27 @@ struct HealthData<'a> {
     incidents: usize,
     newest_incident: Option<&'a String>,
     healthy: bool,
+    /// One word: healthy, degraded or down.
+    status: &'static str,
+    /// Every instance online for at least min_uptime.
+    stable: bool,
+    /// PM2's restart counters, summed over the instances.
+    restarts: u64,
+    /// SENTRY_DSN set and SENTRY_ENABLED=true.
+    sentry_enabled: bool,
+    /// The fail-fast settings PM2 uses for the app (its defaults when unset).
+    pm2_config: Pm2Config,
+    /// A restorable incident exists.
+    backups_ready: bool,
+    /// The one `rollback latest` would pick.
+    newest_restorable: Option<&'a str>,
+}
+
+/// PM2's fail-fast settings in `--json`.
+#[derive(Serialize)]
+struct Pm2Config {
+    max_restarts: f64,
+    min_uptime_ms: u64,
 }
 
 /// `guard health`.
@@ -161,6 +183,110 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &HealthArgs) -> Result<Done> {
 
     let online = !instances.is_empty() && instances.iter().all(|i| i.status == "online");
     let healthy = online && probe.outcome.passed();
+
+    // The incident report's status block.
+    let eco = ops::ecosystem_path(ctx).ok();
+    let declared = match &eco {
+        Some(e) => ecosystem::check(e, &ctx.settings.app.name, pm2.install_root().as_deref())
+            .await
+            .ok()
+            .flatten(),
+        None => None,
+    };
+    let (dsn, enabled) = preflight::sentry_state(ctx, declared.as_ref());
+    let sentry_on = dsn
+        && enabled
+            .as_deref()
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let max_restarts = declared
+        .as_ref()
+        .and_then(|d| d.max_restarts)
+        .unwrap_or(ecosystem::PM2_DEFAULT_MAX_RESTARTS);
+    let min_uptime = declared
+        .as_ref()
+        .and_then(|d| d.min_uptime.as_deref())
+        .and_then(ecosystem::parse_min_uptime)
+        .unwrap_or(ecosystem::PM2_DEFAULT_MIN_UPTIME);
+    let restorable = incidents.iter().find(|l| {
+        l.manifest
+            .as_ref()
+            .is_ok_and(|m| m.kind.restorable_as_latest())
+    });
+    let restorable_age = restorable.and_then(|l| {
+        let m = l.manifest.as_ref().ok()?;
+        let t = m.created_at.parse::<jiff::Timestamp>().ok()?;
+        Some(fmt_duration(Duration::from_millis(
+            u64::try_from(now_ms - t.as_millisecond()).unwrap_or(0),
+        )))
+    });
+    let stable = !instances.is_empty()
+        && instances.iter().all(|i| {
+            i.status == "online"
+                && i.started_at_ms.is_some_and(|s| {
+                    now_ms - s >= i64::try_from(min_uptime.as_millis()).unwrap_or(0)
+                })
+        });
+    let restarts: u64 = instances.iter().map(|i| i.restarts).sum();
+    let memory: u64 = usage.values().map(|u| u.memory_bytes).sum();
+    let cpu: f32 = usage.values().map(|u| u.cpu_percent).sum();
+    let word = if healthy {
+        "healthy"
+    } else if instances.iter().any(|i| i.status == "online") || probe.outcome.passed() {
+        "degraded"
+    } else {
+        "down"
+    };
+    let p = &ctx.printer;
+    p.line("");
+    p.line(format!(
+        "Status: {}   Uptime: {}   Restarts: {restarts}   Memory: ~{}mb   CPU: {:.0}%",
+        instances
+            .first()
+            .map(|i| i.status.as_str())
+            .unwrap_or("not running"),
+        if stable { "stable" } else { "NOT stable" },
+        memory / 1_048_576,
+        cpu
+    ));
+    p.line(format!(
+        "Health: {}   Sentry: {}   PM2 config: max_restarts={max_restarts}, min_uptime={}",
+        probe.outcome,
+        if sentry_on {
+            "enabled"
+        } else if dsn {
+            "NOT enabled"
+        } else {
+            "not configured"
+        },
+        humantime::format_duration(min_uptime)
+    ));
+    let paths: Vec<String> = ctx
+        .settings
+        .clean
+        .paths
+        .iter()
+        .filter(|_| ctx.settings.clean.after_deploy)
+        .map(|p| format!("no {}/", p.display()))
+        .collect();
+    p.line(format!(
+        "Artifacts: {}   Backups: {}",
+        if artifacts.is_empty() {
+            if paths.is_empty() {
+                "clean".to_string()
+            } else {
+                format!("clean ({})", paths.join(", "))
+            }
+        } else {
+            format!("PRESENT ({})", clean::summary(&artifacts))
+        },
+        match (restorable, &restorable_age) {
+            (Some(l), Some(age)) => format!("ready (newest {}, {age} ago)", l.id),
+            (Some(l), None) => format!("ready (newest {})", l.id),
+            (None, _) => "NONE".to_string(),
+        }
+    ));
+    p.line(format!("Overall: {}", word.to_uppercase()));
+
     ctx.printer.set_data(&HealthData {
         pm2_daemon_running: daemon,
         instances: inst_json,
@@ -175,6 +301,16 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &HealthArgs) -> Result<Done> {
         incidents: incidents.len(),
         newest_incident: newest.as_ref().map(|(id, _)| id),
         healthy,
+        status: word,
+        stable,
+        restarts,
+        sentry_enabled: sentry_on,
+        pm2_config: Pm2Config {
+            max_restarts,
+            min_uptime_ms: crate::verdict::ms(min_uptime),
+        },
+        backups_ready: restorable.is_some(),
+        newest_restorable: restorable.map(|l| l.id.as_str()),
     });
     let summary = if healthy {
         format!("{} instance(s) online, {}", instances.len(), probe.outcome)

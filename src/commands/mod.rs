@@ -2,10 +2,12 @@
 //! none imports another.
 
 pub mod backup;
+pub mod check;
 pub mod clean;
 pub mod deploy;
 pub mod health;
 pub mod history;
+pub mod init;
 pub mod list;
 pub mod rollback;
 
@@ -43,13 +45,33 @@ fn changes_things(cmd: &Command) -> bool {
     match cmd {
         Command::Backup(_) | Command::Deploy(_) | Command::Rollback(_) => true,
         Command::Clean(a) => !a.dry_run && !a.check,
-        Command::Health(_) | Command::List | Command::History(_) => false,
+        Command::Health(_)
+        | Command::List
+        | Command::History(_)
+        | Command::Check
+        | Command::Init(_) => false,
     }
 }
 
 /// Run the parsed command; every error is reported here, once.
 pub async fn run(cli: Cli, printer: &mut Printer, cancel: Cancel) -> ExitStatus {
     let origin = Origin::current();
+    // init writes the config the other commands read.
+    if let Command::Init(args) = &cli.command {
+        let result = init::run(printer, cli.config.as_deref(), args).await;
+        return match result {
+            Ok(done) => {
+                let status = decide(done.happened);
+                printer.finish(status, &done.summary);
+                status
+            }
+            Err(e) => {
+                let status = status_of(&e);
+                printer.error(&e, status);
+                status
+            }
+        };
+    }
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
@@ -82,6 +104,8 @@ pub async fn run(cli: Cli, printer: &mut Printer, cancel: Cancel) -> ExitStatus 
         Command::Rollback(a) => rollback::run(&mut ctx, a).await,
         Command::List => list::run(&mut ctx).await,
         Command::History(a) => history::run(&mut ctx, a).await,
+        Command::Check => check::run(&mut ctx).await,
+        Command::Init(_) => unreachable!("init runs before the config is read"),
     };
     let (status, report) = match result {
         Ok(done) => {

@@ -2,6 +2,7 @@
 //! verify, save, record, clean), each printed as one step line. Commands only sequence these;
 //! no command module imports another.
 
+pub mod preflight;
 pub mod restart;
 pub mod restore;
 pub mod snapshot;

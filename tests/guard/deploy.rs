@@ -20,7 +20,7 @@ fn first_deploy_starts_the_app_and_a_good_release_replaces_it() {
         "{}",
         run.stdout
     );
-    // Back up before anything changes; clean before and after the deploy step.
+    // Check first, back up before anything changes; clean before and after the deploy step.
     let steps: Vec<&str> = run
         .stdout
         .lines()
@@ -29,8 +29,9 @@ fn first_deploy_starts_the_app_and_a_good_release_replaces_it() {
         .map(str::trim)
         .collect();
     assert_eq!(
-        steps[..8],
+        steps[..9],
         [
+            "check",
             "backup",
             "clean",
             "deploy step",

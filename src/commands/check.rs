@@ -1,0 +1,54 @@
+//! `guard check`: the preflight, every check ok, warn or fail with its fix. Changes nothing.
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::Done;
+use crate::checks::{self, Check, Level};
+use crate::exit::Happened;
+use crate::ops::{Ctx, preflight};
+
+/// `--json` data of `guard check`.
+#[derive(Serialize)]
+struct CheckData<'a> {
+    /// The worst level found.
+    result: Level,
+    checks: &'a [Check],
+}
+
+/// `guard check`.
+pub async fn run(ctx: &mut Ctx<'_>) -> Result<Done> {
+    let tools = ctx.tools()?;
+    let found = preflight::run(ctx, &tools, true).await;
+    for c in &found.checks {
+        let word = match c.level {
+            Level::Ok => "ok  ",
+            Level::Warn => "warn",
+            Level::Fail => "FAIL",
+        };
+        ctx.printer
+            .line(format!("{word}  {:<14} {}", c.id, c.message));
+        if let Some(fix) = &c.fix {
+            ctx.printer.line(format!("      {:<14} fix: {fix}", ""));
+        }
+    }
+    let result = checks::worst(&found.checks);
+    ctx.printer.set_data(&CheckData {
+        result,
+        checks: &found.checks,
+    });
+    let count = |l: Level| found.checks.iter().filter(|c| c.level == l).count();
+    let summary = format!(
+        "{} check(s): {} ok, {} warning(s), {} failure(s)",
+        found.checks.len(),
+        count(Level::Ok),
+        count(Level::Warn),
+        count(Level::Fail)
+    );
+    let happened = if result == Level::Fail {
+        Happened::CheckFailed
+    } else {
+        Happened::Done
+    };
+    Ok(Done::new(happened, summary))
+}
