@@ -10,7 +10,7 @@
 #
 # Everything lives in a temporary folder that is removed at the end, and the private PM2
 # daemon is stopped, whatever happens. Exits non-zero if any step does not end with the exit
-# code it should (scripts/test.sh runs both as a smoke test).
+# code it should (scripts/test.sh runs the first as a smoke test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)

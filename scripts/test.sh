@@ -24,9 +24,9 @@ cargo clippy --all-targets --locked -- -D warnings
 echo "==> cargo test"
 cargo test --locked -- --test-threads=4
 
-echo "==> smoke run of the README's demos (scripts/demo.sh, scripts/demo.sh build)"
-for layout in demo build; do
-  scripts/demo.sh "$layout" > "target/demo-$layout.log" 2>&1 || {
-    cat "target/demo-$layout.log"; echo "error: scripts/demo.sh $layout failed" >&2; exit 1; }
-  echo "demo $layout ok"
-done
+# The build layout's demo (scripts/demo.sh build) is what tests/guard/build.rs and
+# snapshots.rs exercise; only the README's first command is run again here, to keep the suite
+# quick.
+echo "==> smoke run of the README's demo (scripts/demo.sh)"
+scripts/demo.sh > target/demo.log 2>&1 || { cat target/demo.log; echo "error: scripts/demo.sh failed" >&2; exit 1; }
+echo "demo ok"

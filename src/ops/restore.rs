@@ -106,7 +106,9 @@ pub async fn put_back(ctx: &mut Ctx<'_>, target: &Verified) -> Result<Restored> 
     let tree_entries = tree_without_artifacts(ctx, target)?;
     let mut written = tree::Written::new();
     if let Some(entries) = &tree_entries {
+        tracing::debug!(entries = entries.len(), took = ?t.elapsed(), "index read");
         let plan = tree::plan(&app_dir, &ctx.settings.backup.exclude, entries)?;
+        tracing::debug!(write = plan.write.len(), remove = plan.remove.len(), took = ?t.elapsed(), "restore planned");
         // Contents are staged and checked against their hashes before anything changes.
         written = match tree::apply(&app_dir, &plan, &ctx.store.objects()) {
             Ok(w) => w,
@@ -120,6 +122,7 @@ pub async fn put_back(ctx: &mut Ctx<'_>, target: &Verified) -> Result<Restored> 
                 return Err(e).with_context(|| format!("restoring {}", app_dir.display()));
             }
         };
+        tracing::debug!(took = ?t.elapsed(), "tree restored");
         said.push(if plan.is_empty() {
             format!("tree unchanged ({} file(s))", plan.unchanged)
         } else {

@@ -38,6 +38,7 @@ pub async fn take(
     }
     let app_dir = ctx.settings.app.dir.clone();
     let cache = ctx.store.newest_tree_cache();
+    tracing::debug!(entries = cache.len(), took = ?t.elapsed(), "stat cache loaded");
     let mut draft = ctx.store.begin()?;
 
     // The whole tree: every byte that runs, dist/ and node_modules/ included.
@@ -50,6 +51,7 @@ pub async fn take(
         &index_path,
     )
     .with_context(|| format!("snapshotting {}", app_dir.display()))?;
+    tracing::debug!(?stats, took = ?t.elapsed(), "tree captured");
     if stats.stored > 0 {
         draft.stored_objects();
     }
@@ -98,6 +100,7 @@ pub async fn take(
         Vec::new()
     };
     let running = processes.iter().filter(|p| p.status == "online").count();
+    tracing::debug!(took = ?t.elapsed(), "git, dump and process list taken");
     let id = draft.commit(Meta {
         kind,
         reason: reason.to_string(),
@@ -106,6 +109,7 @@ pub async fn take(
         app_dir,
         processes,
     })?;
+    tracing::debug!(took = ?t.elapsed(), "incident committed");
     // The snapshot is safe on disk; failing to prune old ones must not stop a deploy.
     let mut keep_ids: Vec<&str> = protect.to_vec();
     keep_ids.push(&id);

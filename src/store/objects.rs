@@ -12,6 +12,17 @@ use anyhow::{Context, Result, bail};
 
 const BUF: usize = 256 * 1024;
 
+thread_local! {
+    /// One read buffer per thread, reused for every file: a fresh zeroed 256 KiB per file
+    /// would cost more than reading a small file.
+    static BUFFER: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; BUF]);
+}
+
+/// Run `f` with this thread's read buffer.
+fn with_buffer<T>(f: impl FnOnce(&mut [u8]) -> T) -> T {
+    BUFFER.with(|b| f(&mut b.borrow_mut()))
+}
+
 /// The object folder of one store.
 #[derive(Debug, Clone)]
 pub struct Objects {
@@ -20,18 +31,45 @@ pub struct Objects {
 
 /// Lowercase hex BLAKE3 of everything `reader` yields, and how many bytes that was.
 pub fn hash_reader(mut reader: impl Read) -> std::io::Result<(String, u64)> {
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; BUF];
-    let mut total = 0u64;
-    loop {
-        let n = reader.read(&mut buf)?;
-        if n == 0 {
-            break;
+    with_buffer(|buf| {
+        let mut hasher = blake3::Hasher::new();
+        let mut total = 0u64;
+        loop {
+            let n = reader.read(buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            total += n as u64;
         }
-        hasher.update(&buf[..n]);
-        total += n as u64;
-    }
-    Ok((hasher.finalize().to_hex().to_string(), total))
+        Ok((hasher.finalize().to_hex().to_string(), total))
+    })
+}
+
+/// Copy everything from `input` to `out`, hashing it on the way; returns the hash and size.
+fn copy_hashing(
+    input: &mut impl Read,
+    out: &mut impl Write,
+    from: &Path,
+    to: &Path,
+) -> Result<(String, u64)> {
+    with_buffer(|buf| {
+        let mut hasher = blake3::Hasher::new();
+        let mut total = 0u64;
+        loop {
+            let n = input
+                .read(buf)
+                .with_context(|| format!("reading {}", from.display()))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n])
+                .with_context(|| format!("writing {}", to.display()))?;
+            total += n as u64;
+        }
+        Ok((hasher.finalize().to_hex().to_string(), total))
+    })
 }
 
 /// Open a file for reading without following a symlink at its last component.
@@ -85,22 +123,8 @@ impl Objects {
             .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .tempfile_in(&tmp_dir)
             .with_context(|| format!("creating a temporary object in {}", tmp_dir.display()))?;
-        let mut hasher = blake3::Hasher::new();
-        let mut buf = vec![0u8; BUF];
-        let mut total = 0u64;
-        loop {
-            let n = input
-                .read(&mut buf)
-                .with_context(|| format!("reading {}", src.display()))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            tmp.write_all(&buf[..n])
-                .with_context(|| format!("writing {}", tmp.path().display()))?;
-            total += n as u64;
-        }
-        let hash = hasher.finalize().to_hex().to_string();
+        let tmp_path = tmp.path().to_path_buf();
+        let (hash, total) = copy_hashing(&mut input, tmp.as_file_mut(), src, &tmp_path)?;
         let dest = self.path(&hash);
         if self.has(&hash) {
             return Ok((hash, total));
@@ -169,20 +193,8 @@ impl Objects {
             .custom_flags(libc::O_NOFOLLOW)
             .open(dest)
             .with_context(|| format!("creating {}", dest.display()))?;
-        let mut hasher = blake3::Hasher::new();
-        let mut buf = vec![0u8; BUF];
-        loop {
-            let n = input
-                .read(&mut buf)
-                .with_context(|| format!("reading {}", path.display()))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            out.write_all(&buf[..n])
-                .with_context(|| format!("writing {}", dest.display()))?;
-        }
-        if hasher.finalize().to_hex().as_str() != hash {
+        let (actual, _) = copy_hashing(&mut input, &mut out, &path, dest)?;
+        if actual != hash {
             let _ = fs::remove_file(dest);
             bail!(
                 "{} does not match its hash (corrupted or changed)",

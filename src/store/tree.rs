@@ -384,9 +384,14 @@ pub fn capture(
         .with_context(|| format!("creating {}", index_path.display()))?;
     // Compressed: an index line is mostly a path and a hash, and twenty incidents of a
     // 27,000-file tree would otherwise cost 100 MB of index alone.
-    let mut w = flate2::write::GzEncoder::new(
-        HashingWriter::new(BufWriter::new(file)),
-        flate2::Compression::fast(),
+    // Buffered before the compressor: serde_json writes a line in many tiny pieces, and the
+    // compressor has a cost per call.
+    let mut w = BufWriter::with_capacity(
+        256 * 1024,
+        flate2::write::GzEncoder::new(
+            HashingWriter::new(BufWriter::new(file)),
+            flate2::Compression::fast(),
+        ),
     );
     let mut stats = CaptureStats::default();
     for f in found {
@@ -448,7 +453,9 @@ pub fn capture(
         stats.entries += 1;
     }
     let hashing = w
-        .finish()
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .and_then(|gz| gz.finish())
         .with_context(|| format!("writing {}", index_path.display()))?;
     let (hash, size, inner) = hashing.finish();
     let file = inner
@@ -682,24 +689,61 @@ pub fn apply(root: &Path, plan: &Plan, objects: &Objects) -> Result<Written> {
         .mode(0o700)
         .create(&staging)
         .with_context(|| format!("creating {}", staging.display()))?;
+    let t = std::time::Instant::now();
     let staged = stage(&staging, plan, objects);
+    tracing::debug!(took = ?t.elapsed(), "contents staged and checked");
     let result = staged.and_then(|staged| put_in_place(root, plan, &staged));
+    tracing::debug!(took = ?t.elapsed(), "contents in place");
     let _ = fs::remove_dir_all(&staging);
     // Not synced here: the caller flushes while the app starts (see ops::restore), so the
     // write-back of a large restore does not delay the restart.
     result
 }
 
+/// Copy the contents to write into the staging folder, checking each hash, on every core:
+/// reading, hashing and writing a reinstalled node_modules is CPU work as much as I/O.
 fn stage(staging: &Path, plan: &Plan, objects: &Objects) -> Result<HashMap<PathBuf, PathBuf>> {
-    let mut staged = HashMap::new();
-    for (n, e) in plan.write.iter().enumerate() {
-        if let Node::File { hash, size } = &e.node {
-            let tmp = staging.join(n.to_string());
-            objects
-                .copy_out(hash, *size, &tmp, e.mode)
-                .map_err(|err| BadObject(format!("{err:#}")))?;
-            staged.insert(e.path.clone(), tmp);
-        }
+    let files: Vec<(usize, &Entry)> = plan
+        .write
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| matches!(e.node, Node::File { .. }))
+        .collect();
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 8);
+    let chunk = files.len().div_ceil(workers).max(1);
+    let results: Vec<Result<Vec<(PathBuf, PathBuf)>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = files
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    let mut done = Vec::with_capacity(part.len());
+                    for (n, e) in part {
+                        if let Node::File { hash, size } = &e.node {
+                            let tmp = staging.join(n.to_string());
+                            objects
+                                .copy_out(hash, *size, &tmp, e.mode)
+                                .map_err(|err| BadObject(format!("{err:#}")))?;
+                            done.push((e.path.clone(), tmp));
+                        }
+                    }
+                    Ok(done)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a restore worker panicked")))
+            })
+            .collect()
+    });
+    let mut staged = HashMap::with_capacity(files.len());
+    for r in results {
+        staged.extend(r?);
     }
     Ok(staged)
 }
