@@ -71,6 +71,8 @@ pub fn append(backup_dir: &Path, origin: &Origin, report: &Report) -> Result<()>
         .append(true)
         .create(true)
         .mode(0o600)
+        // A planted symlink must not get its target appended to.
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&p)
         .with_context(|| format!("opening audit log {}", p.display()))?;
     // One write(2) of a whole line in O_APPEND mode: concurrent writers cannot interleave it.

@@ -125,6 +125,9 @@ pub struct RollbackArgs {
     /// The incident to restore: an id like 20251222-110221 (or incident-20251222-110221), or `latest`
     #[arg(long, value_name = "ID|latest")]
     pub incident: String,
+    /// Do not snapshot the current state first (a full disk); this rollback cannot be undone
+    #[arg(long)]
+    pub no_snapshot: bool,
 }
 
 /// Flags of `guard init`.

@@ -30,15 +30,18 @@ pub fn path(backup_dir: &Path, app: &str) -> PathBuf {
 }
 
 impl Lock {
-    /// Take the lock at once or fail with exit 5 naming the holder.
-    pub fn acquire(backup_dir: &Path, app: &str) -> Result<Lock> {
+    /// Take the lock at once or fail with exit 5 naming the holder. `me` is recorded in the
+    /// file (its command line already masked by the caller).
+    pub fn acquire(backup_dir: &Path, app: &str, me: &Origin) -> Result<Lock> {
         let path = path(backup_dir, app);
+        // Never through a symlink: a planted link must not get its target truncated.
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
             .with_context(|| format!("opening lock file {}", path.display()))?;
         match file.try_lock() {
@@ -65,14 +68,13 @@ impl Lock {
         let taken_over = read_holder(&mut file);
         if let Some(dead) = &taken_over {
             tracing::warn!(
-                "taking over the lock of a guard run that ended without releasing it: pid {} on {}, started {}: `{}`",
+                "taking over the lock of a guard run that ended without releasing it: pid {} on {}, started {}",
                 dead.pid,
                 dead.host,
-                dead.started_at,
-                dead.command
+                dead.started_at
             );
         }
-        let record = serde_json::to_vec(&Origin::current())?;
+        let record = serde_json::to_vec(me)?;
         file.set_len(0)?;
         file.rewind()?;
         file.write_all(&record)
@@ -118,9 +120,9 @@ mod tests {
     #[test]
     fn second_acquire_fails_with_lock_held_and_names_the_holder() {
         let dir = tempfile::tempdir().unwrap();
-        let first = Lock::acquire(dir.path(), "api").unwrap();
+        let first = Lock::acquire(dir.path(), "api", &Origin::current()).unwrap();
         assert!(first.taken_over.is_none());
-        let err = Lock::acquire(dir.path(), "api").unwrap_err();
+        let err = Lock::acquire(dir.path(), "api", &Origin::current()).unwrap_err();
         assert_eq!(
             crate::exit::status_of(&err),
             crate::exit::ExitStatus::LockHeld
@@ -131,9 +133,9 @@ mod tests {
             "{err}"
         );
         // Another app is independent.
-        Lock::acquire(dir.path(), "other").unwrap();
+        Lock::acquire(dir.path(), "other", &Origin::current()).unwrap();
         drop(first);
-        let again = Lock::acquire(dir.path(), "api").unwrap();
+        let again = Lock::acquire(dir.path(), "api", &Origin::current()).unwrap();
         assert!(
             again.taken_over.is_none(),
             "a clean release leaves no record"
@@ -146,7 +148,7 @@ mod tests {
         let mut dead = Origin::current();
         dead.pid = 999_999;
         std::fs::write(path(dir.path(), "api"), serde_json::to_vec(&dead).unwrap()).unwrap();
-        let lock = Lock::acquire(dir.path(), "api").unwrap();
+        let lock = Lock::acquire(dir.path(), "api", &Origin::current()).unwrap();
         assert_eq!(lock.taken_over.as_ref().unwrap().pid, 999_999);
     }
 }

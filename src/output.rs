@@ -256,10 +256,11 @@ impl Printer {
             text.push_str(&format!("\n  caused by: {cause}"));
         }
         let _ = writeln!(std::io::stderr(), "{text}");
+        // Recorded whatever the mode: the audit log keeps the real exit code and the cause.
+        self.report.verdict = status.to_string();
+        self.report.exit_code = status.code();
+        self.report.reason = Some(sanitize(&self.redactor.redact(&format!("{err:#}"))));
         if self.mode == Mode::Json {
-            self.report.verdict = status.to_string();
-            self.report.exit_code = status.code();
-            self.report.reason = Some(sanitize(&self.redactor.redact(&format!("{err:#}"))));
             let doc = serde_json::to_string_pretty(&self.report).unwrap_or_default();
             out(&self.redactor.redact(&doc));
         }

@@ -12,8 +12,6 @@ use crate::exit::usage;
 use crate::runner;
 use crate::settings::Settings;
 
-const CALL_LIMIT: Duration = Duration::from_secs(60);
-
 /// One PM2 process (one instance of an app), as `pm2 jlist` reports it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Instance {
@@ -106,6 +104,7 @@ pub fn parse_jlist(stdout: &str) -> Result<Vec<Instance>> {
 #[derive(Debug, Clone)]
 pub struct Pm2 {
     bin: PathBuf,
+    limit: Duration,
     home: PathBuf,
     app_dir: PathBuf,
     name: String,
@@ -128,6 +127,7 @@ impl Pm2 {
         })?;
         Ok(Pm2 {
             bin,
+            limit: settings.pm2.timeout,
             home: settings.pm2.home.clone(),
             app_dir: settings.app.dir.clone(),
             name: settings.app.name.clone(),
@@ -162,7 +162,7 @@ impl Pm2 {
         runner::run_ok(
             cmd,
             &format!("PM2_HOME={} {shown}", self.home.display()),
-            CALL_LIMIT,
+            self.limit,
         )
         .await
     }

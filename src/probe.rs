@@ -23,6 +23,8 @@ pub enum ProbeOutcome {
     Status(u16),
     /// 2xx without the expected text in its body.
     BodyMismatch(u16),
+    /// A redirect: never followed (a `/health` that sends to `/login` is not healthy).
+    Redirect(u16, String),
     /// No complete answer within health.timeout.
     TimedOut(Duration),
     /// Any other error (bad host name, TLS...).
@@ -52,6 +54,7 @@ impl ProbeOutcome {
             self,
             ProbeOutcome::Status(_)
                 | ProbeOutcome::BodyMismatch(_)
+                | ProbeOutcome::Redirect(..)
                 | ProbeOutcome::TimedOut(_)
                 | ProbeOutcome::Error(_)
         )
@@ -66,6 +69,9 @@ impl std::fmt::Display for ProbeOutcome {
             ProbeOutcome::NotReady => write!(f, "HTTP 503 (not ready)"),
             ProbeOutcome::Status(s) => write!(f, "health {s}"),
             ProbeOutcome::BodyMismatch(s) => write!(f, "HTTP {s} without the expected body text"),
+            ProbeOutcome::Redirect(s, to) => {
+                write!(f, "health {s}: a redirect to {to} (not followed)")
+            }
             ProbeOutcome::TimedOut(t) => write!(
                 f,
                 "health timed out after {}",
@@ -86,6 +92,7 @@ impl ProbeOutcome {
             ProbeOutcome::NotReady => "not_ready",
             ProbeOutcome::Status(_) => "status",
             ProbeOutcome::BodyMismatch(_) => "body_mismatch",
+            ProbeOutcome::Redirect(..) => "redirect",
             ProbeOutcome::TimedOut(_) => "timed_out",
             ProbeOutcome::Error(_) => "error",
         }
@@ -127,6 +134,8 @@ impl Prober {
         let client = reqwest::Client::builder()
             // A health URL on localhost must never go through an operator's HTTP_PROXY.
             .no_proxy()
+            // A redirect is an answer about something else: it fails the probe.
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(health.timeout)
             .user_agent(concat!("guard/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -163,6 +172,17 @@ impl Prober {
             Err(e) => return classify(&e, self.timeout),
         };
         let status = resp.status().as_u16();
+        if (300..400).contains(&status) {
+            let to = resp
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("nowhere")
+                .chars()
+                .take(200)
+                .collect();
+            return ProbeOutcome::Redirect(status, to);
+        }
         // Read the body up to the cap even when no text is expected, so an answer that hangs
         // after its headers counts as a hang; past the cap the connection is dropped.
         let mut body = Vec::new();
@@ -196,6 +216,22 @@ fn classify(e: &reqwest::Error, timeout: Duration) -> ProbeOutcome {
     let chain = error_chain(e).to_lowercase();
     if chain.contains("dns error") || chain.contains("failed to lookup") {
         return ProbeOutcome::Error(format!("cannot resolve the health host: {chain}"));
+    }
+    // Something listens but speaks another protocol: TLS on a plain server or the reverse.
+    // That will not change by waiting, so it fails at once.
+    if [
+        "tls",
+        "certificate",
+        "corrupt message",
+        "invalid http version",
+        "invalidcontenttype",
+    ]
+    .iter()
+    .any(|m| chain.contains(m))
+    {
+        return ProbeOutcome::Error(format!(
+            "TLS or scheme mismatch (is health.url http:// or https:// as the app serves?): {chain}"
+        ));
     }
     if e.is_connect() || chain.contains("connection reset") || chain.contains("connection closed") {
         return ProbeOutcome::NotListening(short_cause(&chain));

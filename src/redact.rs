@@ -57,28 +57,27 @@ impl Redactor {
         }
     }
 
-    /// Learn the values of `KEY=VALUE` lines.
+    /// Mask this value too (a password in a URL of the config).
+    pub fn add_secret(&mut self, value: &str) {
+        if value.len() >= 3 && !self.secrets.iter().any(|s| s == value) {
+            self.secrets.push(value.to_string());
+            self.secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        }
+    }
+
+    /// Learn the values of an env file, read as dotenv reads it: `export`, comments, inline
+    /// `# comments` after an unquoted value or a closing quote, and quoted values that span
+    /// lines (a PEM key), each line of which is learned too, since it is printed line by line.
     pub fn add_env_text(&mut self, text: &str) {
-        for line in text.lines() {
-            let line = line.trim();
-            let line = line.strip_prefix("export ").unwrap_or(line);
-            if line.starts_with('#') {
+        for (key, value) in parse_env(text) {
+            if self.readable.contains(&key) {
                 continue;
             }
-            let Some((key, value)) = line.split_once('=') else {
-                continue;
-            };
-            if self.readable.iter().any(|k| k == key.trim()) {
-                continue;
-            }
-            let value = value.trim();
-            let value = value
-                .strip_prefix('"')
-                .and_then(|v| v.strip_suffix('"'))
-                .or_else(|| value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
-                .unwrap_or(value);
-            if is_secret_like(value) && !self.secrets.iter().any(|s| s == value) {
-                self.secrets.push(value.to_string());
+            for v in std::iter::once(value.as_str()).chain(value.lines()) {
+                let v = v.trim();
+                if is_secret_like(v) && !self.secrets.iter().any(|s| s == v) {
+                    self.secrets.push(v.to_string());
+                }
             }
         }
         // Longest first, so a secret that contains another is masked whole.
@@ -97,19 +96,61 @@ impl Redactor {
     }
 }
 
-/// Values too short or too common to be secrets are left alone, so a port or `true`
-/// does not turn every number and word in the output into `***`.
+/// Values too short or too common to be secrets are left alone, so `true` does not turn
+/// every word in the output into `***`. Numbers of four digits or more are masked (a PIN);
+/// the keys that are settings (PORT...) are never learned at all.
 fn is_secret_like(value: &str) -> bool {
     if value.len() < 4 {
         return false;
     }
-    if matches!(
+    !matches!(
         value.to_ascii_lowercase().as_str(),
         "true" | "false" | "yes" | "no" | "null" | "none" | "production" | "development" | "test"
-    ) {
-        return false;
+    )
+}
+
+/// `KEY=value` pairs of a dotenv file, as dotenv libraries read them.
+pub fn parse_env(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        let line = line.trim_start();
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some((key, rest)) = line.split_once('=') else {
+            continue;
+        };
+        let key = key.trim().to_string();
+        let rest = rest.trim_start();
+        let value = match rest.chars().next() {
+            Some(q @ ('"' | '\'' | '`')) => {
+                let mut body = rest[1..].to_string();
+                // A value may go on over several lines until its closing quote.
+                loop {
+                    if let Some(end) = body.find(q) {
+                        body.truncate(end);
+                        break;
+                    }
+                    match lines.next() {
+                        Some(next) => {
+                            body.push('\n');
+                            body.push_str(next);
+                        }
+                        None => break,
+                    }
+                }
+                body
+            }
+            _ => match rest.find(" #") {
+                Some(i) => rest[..i].trim_end().to_string(),
+                None => rest.trim_end().to_string(),
+            },
+        };
+        out.push((key, value));
     }
-    !(value.len() <= 5 && value.bytes().all(|b| b.is_ascii_digit()))
+    out
 }
 
 #[cfg(test)]
@@ -122,9 +163,27 @@ mod tests {
         r.add_env_text(
             "# comment\nSENTRY_DSN=\"https://abc123@sentry.example/1\"\nexport DB_PASSWORD='hunter22'\nPORT=3000\nSENTRY_ENABLED=true\nEMPTY=\n",
         );
-        let out = r.redact("dsn https://abc123@sentry.example/1 pw hunter22 port 3000 true");
-        assert_eq!(out, "dsn *** pw *** port 3000 true");
+        let out = r.redact("dsn https://abc123@sentry.example/1 pw hunter22 true");
+        assert_eq!(out, "dsn *** pw *** true");
         assert!(!format!("{r:?}").contains("hunter22"));
+    }
+
+    #[test]
+    fn dotenv_syntax_as_apps_read_it() {
+        let text = "A=plainvalue # a comment\nB=\"quoted value\" # note\nPIN=4821\nPEM=\"-----BEGIN KEY-----\nMIIBOgIBAAJBAKj34GkxFhD9\n-----END KEY-----\"\nexport C='single'\n";
+        let pairs = parse_env(text);
+        assert_eq!(pairs[0], ("A".into(), "plainvalue".into()));
+        assert_eq!(pairs[1], ("B".into(), "quoted value".into()));
+        assert_eq!(
+            pairs[3].1,
+            "-----BEGIN KEY-----\nMIIBOgIBAAJBAKj34GkxFhD9\n-----END KEY-----"
+        );
+        assert_eq!(pairs[4], ("C".into(), "single".into()));
+        let mut r = Redactor::default();
+        r.add_env_text(text);
+        let out =
+            r.redact("plainvalue / quoted value / 4821 / MIIBOgIBAAJBAKj34GkxFhD9 / a comment");
+        assert_eq!(out, "*** / *** / *** / *** / a comment");
     }
 
     #[test]

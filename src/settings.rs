@@ -108,6 +108,8 @@ pub struct Pm2Config {
     pub bin: PathBuf,
     /// PM2_HOME.
     pub home: PathBuf,
+    /// Limit for one pm2 CLI call.
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Deserialize)]
@@ -225,11 +227,27 @@ struct RawHealth {
     expect_body: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPm2 {
     bin: Option<PathBuf>,
     home: Option<PathBuf>,
+    #[serde(default = "default_pm2_timeout", with = "humantime_serde")]
+    timeout: Duration,
+}
+
+impl Default for RawPm2 {
+    fn default() -> Self {
+        RawPm2 {
+            bin: None,
+            home: None,
+            timeout: default_pm2_timeout(),
+        }
+    }
+}
+
+fn default_pm2_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn default_clean_paths() -> Vec<PathBuf> {
@@ -263,6 +281,16 @@ impl Settings {
         };
         let path = std::path::absolute(&path)
             .with_context(|| format!("resolving config path {}", path.display()))?;
+        // A FIFO or a device would hang the read: only a regular file is a config.
+        match std::fs::metadata(&path) {
+            Ok(m) if !m.is_file() => {
+                return Err(usage(format!(
+                    "config {} is not a regular file",
+                    path.display()
+                )));
+            }
+            _ => {}
+        }
         let text = std::fs::read_to_string(&path).map_err(|e| {
             usage(format!(
                 "cannot read config {}: {e} (pass --config FILE or set GUARD_CONFIG)",
@@ -298,6 +326,9 @@ fn resolve(raw: RawConfig, base: &Path, path: &Path) -> std::result::Result<Sett
         return Err(format!(
             "app.name {name:?} must not contain a path separator"
         ));
+    }
+    if name.len() > 100 || name.chars().any(char::is_control) {
+        return Err("app.name must be at most 100 characters, without control characters".into());
     }
     let dir = absolute_from(base, &raw.app.dir);
     if !dir.is_dir() {
@@ -347,6 +378,12 @@ fn resolve(raw: RawConfig, base: &Path, path: &Path) -> std::result::Result<Sett
         .iter()
         .map(|p| relative_path("clean.paths", p))
         .collect::<Result<Vec<_>, _>>()?;
+    if let Some(p) = paths.iter().find(|p| p.starts_with(".git")) {
+        return Err(format!(
+            "clean.paths entry {} would remove git's repository: refused",
+            p.display()
+        ));
+    }
     let globs = raw
         .clean
         .globs
@@ -355,6 +392,12 @@ fn resolve(raw: RawConfig, base: &Path, path: &Path) -> std::result::Result<Sett
             if g.contains('/') {
                 return Err(format!(
                     "clean.globs entry {g:?} must be a file name pattern without '/'"
+                ));
+            }
+            // A pattern of wildcards alone would remove every file of the app folder.
+            if g.chars().all(|c| matches!(c, '*' | '?' | '.')) {
+                return Err(format!(
+                    "clean.globs entry {g:?} matches any file name: name what an artifact is, e.g. \"*.tar.gz\""
                 ));
             }
             glob::Pattern::new(g).map_err(|e| format!("clean.globs entry {g:?}: {e}"))
@@ -378,6 +421,50 @@ fn resolve(raw: RawConfig, base: &Path, path: &Path) -> std::result::Result<Sett
     }
     if h.interval < Duration::from_millis(50) {
         return Err("health.interval must be at least 50ms".into());
+    }
+    // Bounds a person would use; beyond them an overflow or a wait of years is a typo.
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+    for (key, value, min, max) in [
+        (
+            "health.timeout",
+            h.timeout,
+            Duration::from_millis(10),
+            Duration::from_secs(3600),
+        ),
+        (
+            "health.deadline",
+            h.deadline,
+            Duration::from_millis(10),
+            DAY,
+        ),
+        ("health.stable_for", h.stable_for, Duration::ZERO, DAY),
+        (
+            "health.interval",
+            h.interval,
+            Duration::from_millis(50),
+            Duration::from_secs(3600),
+        ),
+        (
+            "pm2.timeout",
+            raw.pm2.timeout,
+            Duration::from_secs(1),
+            Duration::from_secs(3600),
+        ),
+        (
+            "check.min_uptime",
+            raw.check.min_uptime,
+            Duration::ZERO,
+            DAY,
+        ),
+    ] {
+        if value < min || value > max {
+            return Err(format!(
+                "{key} = {:?} is out of range ({} to {})",
+                humantime::format_duration(value).to_string(),
+                humantime::format_duration(min),
+                humantime::format_duration(max)
+            ));
+        }
     }
 
     let pm2_bin = match raw.pm2.bin {
@@ -435,6 +522,7 @@ fn resolve(raw: RawConfig, base: &Path, path: &Path) -> std::result::Result<Sett
         pm2: Pm2Config {
             bin: pm2_bin,
             home: pm2_home,
+            timeout: raw.pm2.timeout,
         },
     })
 }
@@ -554,6 +642,35 @@ mod tests {
         assert_eq!(s.backup.files.len(), 2);
         assert!(s.clean.after_deploy);
         assert_eq!(s.deploy_command.as_deref(), Some("git pull --ff-only"));
+    }
+
+    #[test]
+    fn values_that_are_typos_or_dangers_are_refused() {
+        for (extra, says) in [
+            (
+                "[health]\nstable_for = \"18446744073709551615s\"\n",
+                "health.stable_for",
+            ),
+            ("[health]\ntimeout = \"1ns\"\n", "health.timeout"),
+            ("[clean]\npaths = [\".git\"]\n", "git's repository"),
+            ("[clean]\nglobs = [\"*\"]\n", "matches any file name"),
+            ("[pm2]\ntimeout = \"0s\"\n", "pm2.timeout"),
+        ] {
+            let text = if extra.starts_with("[health]") {
+                MINIMAL.replace("[health]\n", extra)
+            } else {
+                format!("{MINIMAL}{extra}")
+            };
+            let err = parse(&text).unwrap_err();
+            assert_eq!(
+                crate::exit::status_of(&err),
+                crate::exit::ExitStatus::Usage,
+                "{extra}"
+            );
+            assert!(format!("{err:#}").contains(says), "{extra}: {err:#}");
+        }
+        let long = MINIMAL.replace("name = \"api\"", &format!("name = \"{}\"", "a".repeat(300)));
+        assert!(parse(&long).is_err());
     }
 
     #[test]

@@ -81,14 +81,23 @@ pub async fn run(cli: Cli, printer: &mut Printer, cancel: Cancel) -> ExitStatus 
         }
     };
     printer.set_app(&settings.app.name);
-    printer.set_redactor(Redactor::from_env_files(
+    let mut redactor = Redactor::from_env_files(
         &settings.app.dir,
         &settings.backup.files,
         &settings.readable_env,
-    ));
+    );
+    // Credentials in health.url are secrets too, wherever the URL is shown.
+    if let Some(pw) = settings.health.url.password() {
+        redactor.add_secret(pw);
+        redactor.add_secret(settings.health.url.username());
+    }
+    // The command line goes into manifests, the lock file and the audit log: masked once here.
+    let mut origin = origin;
+    origin.command = redactor.redact(&origin.command);
+    printer.set_redactor(redactor);
     let audit_dir = settings.backup.dir.clone();
     let audited = changes_things(&cli.command);
-    let store = Store::at(&settings.backup.dir);
+    let store = Store::at(&settings.backup.dir, &settings.app.name);
     let mut ctx = Ctx {
         settings,
         printer,

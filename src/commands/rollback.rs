@@ -37,8 +37,16 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &RollbackArgs) -> Result<Done> {
     let tools = ctx.tools()?;
     let _lock = ops::lock(ctx)?;
     let t = Instant::now();
-    let target = ctx.store.resolve(&args.incident)?;
+    let (target, skipped) = ctx.store.resolve(&args.incident)?;
     let id = target.manifest.id.clone();
+    for (bad, why) in &skipped {
+        ctx.printer.step(
+            "latest",
+            StepState::Warn,
+            Duration::ZERO,
+            format!("passed over incident {bad}: {why}"),
+        );
+    }
     restore::check(ctx, &target).await?;
     restore::learn_secrets(ctx, &target);
     let picked = if args.incident == "latest" {
@@ -66,31 +74,56 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &RollbackArgs) -> Result<Done> {
         verdict: None,
     };
     // The rollback target is never pruned by the snapshot's retention.
-    let before = snapshot::take(
-        ctx,
-        &tools,
-        Kind::PreRollback,
-        &format!("before rollback to {id}"),
-        &[&id],
-    )
-    .await?;
-    data.before_incident = Some(before.id.clone());
-    data.before.clone_from(&before.fingerprint);
+    let before = if args.no_snapshot {
+        ctx.printer.step(
+            "backup",
+            StepState::Warn,
+            Duration::ZERO,
+            "skipped (--no-snapshot): this rollback cannot be undone",
+        );
+        None
+    } else {
+        Some(
+            snapshot::take(
+                ctx,
+                &tools,
+                Kind::PreRollback,
+                &format!("before rollback to {id}"),
+                &[&id],
+            )
+            .await?,
+        )
+    };
+    data.before_incident = before.as_ref().map(|b| b.id.clone());
+    data.before = before.as_ref().and_then(|b| b.fingerprint.clone());
+    if data.before.is_none() {
+        data.before = ops::current_commit(ctx).await;
+    }
+    let before_id = before
+        .as_ref()
+        .map(|b| b.id.clone())
+        .unwrap_or_else(|| "(none: --no-snapshot)".into());
     ctx.printer.set_incident(&id);
     let (happened, summary) = match restore::restore_and_restart(ctx, &tools, &target).await {
         Ok(v) if v.healthy => {
-            let s = format!(
-                "incident {id} restored ({}) and verified healthy; undo with `guard rollback --incident {}`",
-                data.restored_code.as_deref().unwrap_or("no commit"),
-                before.id
-            );
+            let s = match &before {
+                Some(b) => format!(
+                    "incident {id} restored ({}) and verified healthy; undo with `guard rollback --incident {}`",
+                    data.restored_code.as_deref().unwrap_or("no commit"),
+                    b.id
+                ),
+                None => format!(
+                    "incident {id} restored ({}) and verified healthy",
+                    data.restored_code.as_deref().unwrap_or("no commit")
+                ),
+            };
             data.verdict = Some(v);
             (Happened::Done, s)
         }
         Ok(v) => {
             let s = format!(
-                "incident {id} restored but NOT healthy ({}); the state before is in incident {}",
-                v.message, before.id
+                "incident {id} restored but NOT healthy ({}); the state before is in incident {before_id}",
+                v.message
             );
             data.verdict = Some(v);
             (Happened::LeftUnverified, s)
@@ -105,8 +138,7 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &RollbackArgs) -> Result<Done> {
             (
                 Happened::LeftUnverified,
                 format!(
-                    "rollback to incident {id} stopped by an error ({e:#}); the service is NOT verified healthy; the state before is in incident {}",
-                    before.id
+                    "rollback to incident {id} stopped by an error ({e:#}); the service is NOT verified healthy; the state before is in incident {before_id}"
                 ),
             )
         }
@@ -114,9 +146,11 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &RollbackArgs) -> Result<Done> {
     ctx.printer
         .set_codes(data.before.clone(), data.restored_code.clone());
     ctx.printer.set_data(&data);
+    // Recorded in the pre-rollback incident; without one, only the audit log has it.
+    let record_in = before.as_ref().map(|b| b.id.clone());
     ops::record(
         ctx,
-        &before.id,
+        record_in.as_deref().unwrap_or(""),
         "rollback",
         crate::exit::decide(happened),
         &summary,

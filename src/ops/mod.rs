@@ -62,7 +62,7 @@ impl Ctx<'_> {
 pub fn lock(ctx: &mut Ctx<'_>) -> Result<Lock> {
     ctx.store.ensure()?;
     let t = Instant::now();
-    let lock = Lock::acquire(ctx.store.dir(), &ctx.settings.app.name)?;
+    let lock = Lock::acquire(ctx.store.dir(), &ctx.settings.app.name, &ctx.origin)?;
     if let Some(dead) = &lock.taken_over {
         ctx.printer.step(
             "lock",
@@ -168,6 +168,9 @@ pub fn record(
     before: Option<String>,
     after: Option<String>,
 ) {
+    if id.is_empty() {
+        return;
+    }
     let outcome = RunRecord {
         command: command.into(),
         verdict: status.to_string(),

@@ -29,17 +29,7 @@ pub fn env_values(ctx: &Ctx<'_>) -> Vec<(String, String)> {
         let Ok(text) = std::fs::read_to_string(ctx.settings.app.dir.join(f)) else {
             continue;
         };
-        for line in text.lines() {
-            let line = line.trim();
-            let line = line.strip_prefix("export ").unwrap_or(line);
-            if line.starts_with('#') {
-                continue;
-            }
-            if let Some((k, v)) = line.split_once('=') {
-                let v = v.trim().trim_matches(['"', '\'']);
-                out.push((k.trim().to_string(), v.to_string()));
-            }
-        }
+        out.extend(crate::redact::parse_env(&text));
     }
     out
 }

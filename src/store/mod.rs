@@ -106,17 +106,22 @@ impl Verified {
     }
 }
 
-/// The incident folder of one app.
+/// The incidents of one app in a backup.dir (which other apps may share).
 #[derive(Debug, Clone)]
 pub struct Store {
     dir: PathBuf,
+    app: String,
 }
 
+/// What `latest` passed over on its way to the incident it picked.
+pub type Skipped = Vec<(String, String)>;
+
 impl Store {
-    /// The store in `dir`, without touching the disk.
-    pub fn at(dir: &Path) -> Store {
+    /// The store of `app` in `dir`, without touching the disk.
+    pub fn at(dir: &Path, app: &str) -> Store {
         Store {
             dir: dir.to_path_buf(),
+            app: app.to_string(),
         }
     }
 
@@ -130,26 +135,49 @@ impl Store {
         Objects::at(&self.dir)
     }
 
-    /// Create the folder (0700) if needed and make sure guard can write there.
+    /// Create the folder (0700) if needed and make sure guard can trust and write it: an
+    /// existing folder must belong to this user and not be writable by others (a shared
+    /// 1777 folder is refused, never chmod-ed: guard changes no folder it did not create).
     pub fn ensure(&self) -> Result<()> {
-        if !self.dir.is_dir() {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&self.dir)
-                .map_err(|e| {
-                    usage(format!(
-                        "cannot create backup.dir {}: {e}",
+        match fs::metadata(&self.dir) {
+            Ok(m) => {
+                use std::os::unix::fs::MetadataExt;
+                // SAFETY: geteuid has no preconditions and cannot fail.
+                let me = unsafe { libc::geteuid() };
+                if !m.is_dir() {
+                    return Err(usage(format!(
+                        "backup.dir {} is not a folder",
                         self.dir.display()
-                    ))
-                })?;
+                    )));
+                }
+                if m.uid() != me {
+                    return Err(usage(format!(
+                        "backup.dir {} belongs to uid {}, not to this user (uid {me}): guard keeps incidents only where nobody else can plant one",
+                        self.dir.display(),
+                        m.uid()
+                    )));
+                }
+                if m.mode() & 0o022 != 0 {
+                    return Err(usage(format!(
+                        "backup.dir {} is writable by other users (mode {:o}): use a folder of its own (guard creates it 0700) or `chmod go-w` it",
+                        self.dir.display(),
+                        m.mode() & 0o7777
+                    )));
+                }
+            }
+            Err(_) => {
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&self.dir)
+                    .map_err(|e| {
+                        usage(format!(
+                            "cannot create backup.dir {}: {e}",
+                            self.dir.display()
+                        ))
+                    })?;
+            }
         }
-        fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700)).map_err(|e| {
-            usage(format!(
-                "cannot restrict backup.dir {} to 0700: {e}",
-                self.dir.display()
-            ))
-        })?;
         let probe = tempfile::Builder::new()
             .prefix(".guard-write-test-")
             .tempfile_in(&self.dir);
@@ -225,8 +253,18 @@ impl Store {
         })
     }
 
-    /// Every incident folder, newest first.
+    /// This app's incidents, newest first (and folders whose manifest cannot be read, which a
+    /// person should look at): `latest`, `list` and retention never see another app's.
     pub fn list(&self) -> Result<Vec<Listed>> {
+        Ok(self
+            .list_all()?
+            .into_iter()
+            .filter(|l| !l.manifest.as_ref().is_ok_and(|m| m.app_name != self.app))
+            .collect())
+    }
+
+    /// Every incident folder of every app, newest first.
+    pub fn list_all(&self) -> Result<Vec<Listed>> {
         let entries = match fs::read_dir(&self.dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -261,24 +299,43 @@ impl Store {
     }
 
     /// Resolve `ID|latest` to a verified incident; every problem is a usage error (exit 2).
-    pub fn resolve(&self, arg: &str) -> Result<Verified> {
-        if arg == "latest" {
-            let list = self.list()?;
-            let newest = list
-                .iter()
-                .find(|l| {
-                    l.manifest
-                        .as_ref()
-                        .map(|m| m.kind.restorable_as_latest())
-                        .unwrap_or(true)
-                })
-                .ok_or_else(|| {
-                    usage(format!("no incident to restore in {}", self.dir.display()))
-                })?;
-            return self.verify(&newest.id);
+    /// `latest` is the newest restorable incident that verifies: broken ones are passed over
+    /// and returned, so the caller can say so.
+    pub fn resolve(&self, arg: &str) -> Result<(Verified, Skipped)> {
+        if arg != "latest" {
+            let id = parse_id(arg)?;
+            return Ok((self.verify(&id)?, Skipped::new()));
         }
-        let id = parse_id(arg)?;
-        self.verify(&id)
+        let mut skipped = Skipped::new();
+        for l in self.list()? {
+            match &l.manifest {
+                Ok(m) if !m.kind.restorable_as_latest() => continue,
+                Err(e) => {
+                    skipped.push((l.id.clone(), e.clone()));
+                    continue;
+                }
+                Ok(_) => {}
+            }
+            match self.verify(&l.id) {
+                Ok(v) => return Ok((v, skipped)),
+                Err(e) => skipped.push((l.id.clone(), format!("{e:#}"))),
+            }
+        }
+        let why = skipped
+            .iter()
+            .map(|(id, e)| format!("{id}: {e}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        Err(usage(format!(
+            "no restorable incident of app {} in {}{}",
+            self.app,
+            self.dir.display(),
+            if why.is_empty() {
+                String::new()
+            } else {
+                format!(" (passed over: {why})")
+            }
+        )))
     }
 
     /// Check an incident: manifest readable, every stored file present, regular, of the
@@ -303,6 +360,12 @@ impl Store {
         }
         let manifest =
             read_manifest(&dir).map_err(|e| usage(format!("incident {id} is broken: {e}")))?;
+        if manifest.app_name != self.app {
+            return Err(usage(format!(
+                "incident {id} belongs to app {}, not {}: restoring it here would put another app's files in place; nothing was changed",
+                manifest.app_name, self.app
+            )));
+        }
         if manifest.id != id {
             return Err(usage(format!(
                 "incident {id} is broken: its manifest says it is incident {}",
@@ -414,7 +477,7 @@ impl Store {
             return Ok(None);
         }
         let mut keep = HashSet::new();
-        for l in self.list()? {
+        for l in self.list_all()? {
             let m = match &l.manifest {
                 Ok(m) => m,
                 Err(_) => return Ok(None),
@@ -777,7 +840,7 @@ mod tests {
         let app = root.path().join("app");
         fs::create_dir(&app).unwrap();
         fs::write(app.join("dump"), "[]").unwrap();
-        let store = Store::at(&root.path().join("backups"));
+        let store = Store::at(&root.path().join("backups"), "api");
         store.ensure().unwrap();
         let id = draft_incident(&store, &app, Kind::Manual);
         let id2 = draft_incident(&store, &app, Kind::PreRollback);
@@ -790,7 +853,17 @@ mod tests {
             0o600
         );
         // latest skips the pre-rollback snapshot.
-        assert_eq!(store.resolve("latest").unwrap().manifest.id, id);
+        assert_eq!(store.resolve("latest").unwrap().0.manifest.id, id);
+        // Another app's store sees none of it.
+        let other = Store::at(store.dir(), "worker");
+        assert!(other.list().unwrap().is_empty());
+        assert!(
+            other
+                .verify(&id)
+                .unwrap_err()
+                .to_string()
+                .contains("belongs to app api")
+        );
         fs::write(&stored, "{}").unwrap();
         let err = store.verify(&id).unwrap_err();
         assert_eq!(crate::exit::status_of(&err), crate::exit::ExitStatus::Usage);

@@ -11,4 +11,5 @@ mod deploy;
 mod faults;
 mod inputs;
 mod snapshots;
+mod trust;
 mod verification;

@@ -1,0 +1,207 @@
+//! Trust, round 2: what an attacker and a bad day got through, each as a regression test.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use crate::support::{App, SECRET_DSN};
+
+#[test]
+fn the_rollback_target_is_never_pruned_by_its_own_pre_rollback_snapshot() {
+    let app = App::new();
+    app.start_v1();
+    let old = app.backup_id();
+    // Older than the hour retention always keeps.
+    let path = app.incident_dir(&old).join("manifest.json");
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    m["created_at"] = "2020-01-01T00:00:00.000Z".into();
+    std::fs::write(&path, m.to_string()).unwrap();
+    app.release("v2", "good");
+    app.guard(&["deploy"]).expect(0);
+    app.edit_config("dir = \"backups\"", "dir = \"backups\"\nkeep = 1");
+    let run = app.guard(&["rollback", "--incident", &old]);
+    run.expect(0);
+    assert_eq!(app.version().as_deref(), Some("v1"));
+    assert!(
+        app.incidents().contains(&old),
+        "the target survived retention"
+    );
+}
+
+#[test]
+fn incidents_of_another_app_in_the_same_backup_dir_are_never_used() {
+    let app = App::new();
+    app.start_v1();
+    let id = app.backup_id();
+    // What a worker sharing backup.dir would have written.
+    app.edit_manifest(
+        &id,
+        "\"app_name\": \"demo-backend\"",
+        "\"app_name\": \"worker\"",
+    );
+    let run = app.guard(&["rollback", "--incident", &id]);
+    run.expect(2);
+    assert!(
+        run.stderr.contains("belongs to app worker"),
+        "{}",
+        run.stderr
+    );
+    let latest = app.guard(&["rollback", "--incident", "latest"]);
+    latest.expect(2);
+    let list = app.guard(&["--json", "list"]).json();
+    assert_eq!(list["data"]["incidents"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn latest_passes_over_a_broken_incident_and_says_so_and_no_snapshot_skips_the_backup() {
+    let app = App::new();
+    app.start_v1();
+    let good = app.backup_id();
+    let broken = app.backup_id();
+    std::fs::write(app.incident_dir(&broken).join("tree/index.jsonl.gz"), "rot").unwrap();
+    let before = app.incidents().len();
+    let run = app.guard(&["rollback", "--incident", "latest", "--no-snapshot"]);
+    run.expect(0);
+    assert!(
+        run.stdout
+            .contains(&format!("passed over incident {broken}")),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains(&good), "{}", run.stdout);
+    assert_eq!(
+        app.incidents().len(),
+        before,
+        "--no-snapshot took no snapshot"
+    );
+    assert_eq!(app.version().as_deref(), Some("v1"));
+}
+
+/// A one-shot HTTP server on 127.0.0.1 answering every request with `answer`.
+fn serve(answer: &'static str) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(20) {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(answer.as_bytes());
+        }
+    });
+    port
+}
+
+#[test]
+fn a_redirect_is_a_failed_probe_that_names_where_it_points() {
+    let app = App::new();
+    let port = serve("HTTP/1.1 302 Found\r\nLocation: /login\r\nContent-Length: 0\r\n\r\n");
+    app.edit_config(
+        &format!("url = \"http://127.0.0.1:{}/health\"", app.port),
+        &format!("url = \"http://127.0.0.1:{port}/health\""),
+    );
+    let run = app.guard(&["--json", "health"]);
+    run.expect(1);
+    let outcome = &run.json()["data"]["health"]["outcome"];
+    assert_eq!(outcome["kind"], "redirect");
+    assert!(
+        outcome["text"].as_str().unwrap().contains("/login"),
+        "{outcome}"
+    );
+}
+
+#[test]
+fn credentials_in_the_health_url_and_secrets_on_the_command_line_are_masked() {
+    let app = App::new();
+    app.start_v1();
+    app.edit_config(
+        &format!("url = \"http://127.0.0.1:{}/health\"", app.port),
+        &format!(
+            "url = \"http://admin:S3cretPass@127.0.0.1:{}/health\"",
+            app.port
+        ),
+    );
+    let health = app.guard(&["--json", "health"]);
+    assert!(!health.all().contains("S3cretPass"), "{}", health.all());
+    // guard check fails a world-readable config that holds a password; as asked, 0600.
+    let check = app.guard(&["check"]);
+    check.expect(1);
+    assert!(check.stdout.contains("holds a secret"), "{}", check.stdout);
+    assert!(!check.all().contains("S3cretPass"));
+    std::fs::set_permissions(&app.config, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // A secret typed on the deploy step's command line (here the env file's DB password).
+    app.release("v2", "good");
+    let run = app.guard(&[
+        "deploy",
+        "--",
+        "sh",
+        "-c",
+        "git pull --ff-only # hunter2-the-sequel",
+    ]);
+    run.expect(0);
+    let audit = std::fs::read_to_string(app.backups.join("audit.log")).unwrap();
+    assert!(!audit.contains("hunter2-the-sequel"), "{audit}");
+    for id in app.incidents() {
+        let m = std::fs::read_to_string(app.incident_dir(&id).join("manifest.json")).unwrap();
+        assert!(!m.contains("hunter2-the-sequel") && !m.contains(SECRET_DSN));
+    }
+}
+
+#[test]
+fn a_run_that_ends_in_an_error_is_audited_with_its_real_exit_code() {
+    let app = App::new();
+    app.start_v1();
+    // A pm2 that fails every call: the backup's process list cannot be read.
+    let fake = app.root.path().join("pm2-broken");
+    std::fs::write(&fake, "#!/bin/sh\necho 'pm2 is broken' >&2\nexit 1\n").unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    app.edit_config(
+        &format!("bin = \"{}\"", app.pm2.display()),
+        &format!("bin = \"{}\"", fake.display()),
+    );
+    let run = app.guard(&["backup"]);
+    run.expect(1);
+    let audit = std::fs::read_to_string(app.backups.join("audit.log")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(audit.lines().last().unwrap()).unwrap();
+    assert_eq!(last["exit_code"], 1, "{last}");
+    assert_eq!(last["verdict"], "failed");
+    assert!(
+        last["reason"].as_str().unwrap().contains("pm2 is broken"),
+        "{last}"
+    );
+}
+
+#[test]
+fn a_fifo_as_config_and_a_shared_backup_dir_are_refused_at_once() {
+    let app = App::new();
+    let fifo = app.root.path().join("fifo.toml");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo with a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let t = std::time::Instant::now();
+    let out = app
+        .guard_cmd(&[])
+        .args(["--config", fifo.to_str().unwrap(), "health"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(t.elapsed() < Duration::from_secs(5), "no hang");
+    // A world-writable backup.dir (a shared temp folder) is refused and left as it is.
+    std::fs::create_dir_all(&app.backups).unwrap();
+    std::fs::set_permissions(&app.backups, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let run = app.guard(&["backup"]);
+    run.expect(2);
+    assert!(
+        run.stderr.contains("writable by other users"),
+        "{}",
+        run.stderr
+    );
+    let mode = std::fs::metadata(&app.backups)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777;
+    assert_eq!(mode, 0o1777, "never chmod-ed");
+}
