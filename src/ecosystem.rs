@@ -54,6 +54,7 @@ const out = apps.filter(Boolean).map(a => {
     port: str(env.PORT),
     sentry_dsn: typeof env.SENTRY_DSN === 'string' && env.SENTRY_DSN.length > 0,
     sentry_enabled: str(env.SENTRY_ENABLED),
+    env: Object.entries(env).map(([k, v]) => [k, str(v)]),
   };
 });
 process.stdout.write('\n@@guard-ecosystem@@' + JSON.stringify(out));
@@ -84,6 +85,20 @@ pub struct Declared {
     /// `env.SENTRY_ENABLED`, if set.
     #[serde(default)]
     pub sentry_enabled: Option<String>,
+    /// The app's `env` block, so its values are masked like an env file's. Never printed.
+    #[serde(default)]
+    pub env: SecretEnv,
+}
+
+/// The `env` block of an ecosystem app: secrets; its `Debug` shows only how many.
+#[derive(Clone, PartialEq, Default, Deserialize)]
+#[serde(transparent)]
+pub struct SecretEnv(pub Vec<(String, Option<String>)>);
+
+impl std::fmt::Debug for SecretEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretEnv({} values, redacted)", self.0.len())
+    }
 }
 
 /// PM2's defaults when an ecosystem does not set them.

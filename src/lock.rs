@@ -1,5 +1,10 @@
 //! The per-app lock held by every command that changes something.
 //!
+//! Two flocks: one on the app folder itself (so two configs of one app, with different
+//! backup.dir or run by different users, still exclude each other), and one on
+//! `<backup.dir>/guard-<app>.lock`, which also records who holds it, how far the run got and
+//! the process group of the deploy step it is running.
+//!
 //! An flock(2) on `<backup.dir>/guard-<app>.lock`: the kernel drops it when the holder dies,
 //! even by `kill -9`, so a dead run can never lock anyone out. The file records who holds it,
 //! for the message a second run prints, and is emptied on release; finding a record in a file
@@ -15,13 +20,35 @@ use anyhow::{Context, Result};
 use crate::exit::TypedError;
 use crate::origin::Origin;
 
+/// What the lock file says about the run holding it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Record {
+    /// Who.
+    #[serde(flatten)]
+    pub origin: Origin,
+    /// `changing` once the run has begun to change the app (after its snapshot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// The snapshot the run took before changing anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incident: Option<String>,
+    /// The process group of the deploy step while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub child_pgid: Option<i32>,
+}
+
 /// A held lock; released (and its record cleared) on drop.
 #[derive(Debug)]
 pub struct Lock {
     file: File,
+    _app_dir: File,
     path: PathBuf,
+    record: Record,
     /// The record of a run that died holding the lock, if this run took it over.
-    pub taken_over: Option<Origin>,
+    pub taken_over: Option<Record>,
+    /// The process group of the dead run's deploy step, if it was still running and had to be
+    /// stopped before this run could go on.
+    pub stopped_orphan: Option<i32>,
 }
 
 /// The lock file of `app` in `backup_dir`.
@@ -32,7 +59,7 @@ pub fn path(backup_dir: &Path, app: &str) -> PathBuf {
 impl Lock {
     /// Take the lock at once or fail with exit 5 naming the holder. `me` is recorded in the
     /// file (its command line already masked by the caller).
-    pub fn acquire(backup_dir: &Path, app: &str, me: &Origin) -> Result<Lock> {
+    pub fn acquire(backup_dir: &Path, app: &str, app_dir: &Path, me: &Origin) -> Result<Lock> {
         let path = path(backup_dir, app);
         // Never through a symlink: a planted link must not get its target truncated.
         let mut file = OpenOptions::new()
@@ -48,7 +75,7 @@ impl Lock {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
                 let holder = read_holder(&mut file);
-                let who = match holder {
+                let who = match holder.map(|r| r.origin) {
                     Some(o) => format!(
                         "pid {} on {} (user {}), started {}: `{}`",
                         o.pid, o.host, o.user, o.started_at, o.command
@@ -65,30 +92,97 @@ impl Lock {
                 return Err(e).with_context(|| format!("locking {}", path.display()));
             }
         }
+        // Then the app folder: a run of the same app through another backup.dir (whose
+        // lock file this run cannot see) holds it.
+        let dir_file = File::open(app_dir)
+            .with_context(|| format!("opening app.dir {} to lock it", app_dir.display()))?;
+        match dir_file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                return Err(TypedError::LockHeld(format!(
+                    "another guard run is changing {} (through another guard.toml or backup.dir, or as another user): wait for it, `guard health` shows the app",
+                    app_dir.display()
+                ))
+                .into());
+            }
+            Err(TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", app_dir.display()));
+            }
+        }
         let taken_over = read_holder(&mut file);
+        let mut stopped_orphan = None;
         if let Some(dead) = &taken_over {
             tracing::warn!(
                 "taking over the lock of a guard run that ended without releasing it: pid {} on {}, started {}",
-                dead.pid,
-                dead.host,
-                dead.started_at
+                dead.origin.pid,
+                dead.origin.host,
+                dead.origin.started_at
             );
+            // Its deploy step may still be running (its own process group survives kill -9
+            // of guard): no run goes on while it can still write into the app.
+            if let Some(pgid) = dead.child_pgid
+                && group_alive(pgid)
+            {
+                // SAFETY: kill(2) on a process group; no memory is involved.
+                unsafe { libc::kill(-pgid, libc::SIGKILL) };
+                for _ in 0..100 {
+                    if !group_alive(pgid) {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                stopped_orphan = Some(pgid);
+            }
         }
-        let record = serde_json::to_vec(me)?;
-        file.set_len(0)?;
-        file.rewind()?;
-        file.write_all(&record)
-            .with_context(|| format!("writing lock file {}", path.display()))?;
-        file.sync_all()?;
-        Ok(Lock {
+        let mut lock = Lock {
             file,
+            _app_dir: dir_file,
             path,
+            record: Record {
+                origin: me.clone(),
+                phase: None,
+                incident: None,
+                child_pgid: None,
+            },
             taken_over,
-        })
+            stopped_orphan,
+        };
+        lock.write()?;
+        Ok(lock)
+    }
+
+    /// Record that the run has begun to change the app (after snapshot `incident`, if any).
+    pub fn changing(&mut self, incident: Option<&str>) -> Result<()> {
+        self.record.phase = Some("changing".into());
+        self.record.incident = incident.map(String::from);
+        self.write()
+    }
+
+    /// Record the process group of the deploy step (None once it ended).
+    pub fn child(&mut self, pgid: Option<i32>) -> Result<()> {
+        self.record.child_pgid = pgid;
+        self.write()
+    }
+
+    fn write(&mut self) -> Result<()> {
+        let record = serde_json::to_vec(&self.record)?;
+        self.file.set_len(0)?;
+        self.file.rewind()?;
+        self.file
+            .write_all(&record)
+            .with_context(|| format!("writing lock file {}", self.path.display()))?;
+        // Page cache survives a kill -9 of guard: no fsync needed for the next run to read it.
+        Ok(())
     }
 }
 
-fn read_holder(file: &mut File) -> Option<Origin> {
+/// Whether any process of this group is alive.
+fn group_alive(pgid: i32) -> bool {
+    // SAFETY: kill(2) with signal 0 on a process group only checks for existence.
+    pgid > 0 && unsafe { libc::kill(-pgid, 0) } == 0
+}
+
+fn read_holder(file: &mut File) -> Option<Record> {
     let mut text = String::new();
     // The holder writes its record right after locking; give it a moment.
     for _ in 0..5 {
@@ -120,9 +214,12 @@ mod tests {
     #[test]
     fn second_acquire_fails_with_lock_held_and_names_the_holder() {
         let dir = tempfile::tempdir().unwrap();
-        let first = Lock::acquire(dir.path(), "api", &Origin::current()).unwrap();
+        let app_dir = tempfile::tempdir().unwrap();
+        let other_dir = tempfile::tempdir().unwrap();
+        let first = Lock::acquire(dir.path(), "api", app_dir.path(), &Origin::current()).unwrap();
         assert!(first.taken_over.is_none());
-        let err = Lock::acquire(dir.path(), "api", &Origin::current()).unwrap_err();
+        let err =
+            Lock::acquire(dir.path(), "api", other_dir.path(), &Origin::current()).unwrap_err();
         assert_eq!(
             crate::exit::status_of(&err),
             crate::exit::ExitStatus::LockHeld
@@ -133,9 +230,18 @@ mod tests {
             "{err}"
         );
         // Another app is independent.
-        Lock::acquire(dir.path(), "other", &Origin::current()).unwrap();
+        let third = tempfile::tempdir().unwrap();
+        Lock::acquire(dir.path(), "other", third.path(), &Origin::current()).unwrap();
+        // The same app folder through another backup.dir is not.
+        let elsewhere = tempfile::tempdir().unwrap();
+        let err =
+            Lock::acquire(elsewhere.path(), "api", app_dir.path(), &Origin::current()).unwrap_err();
+        assert_eq!(
+            crate::exit::status_of(&err),
+            crate::exit::ExitStatus::LockHeld
+        );
         drop(first);
-        let again = Lock::acquire(dir.path(), "api", &Origin::current()).unwrap();
+        let again = Lock::acquire(dir.path(), "api", app_dir.path(), &Origin::current()).unwrap();
         assert!(
             again.taken_over.is_none(),
             "a clean release leaves no record"
@@ -148,7 +254,9 @@ mod tests {
         let mut dead = Origin::current();
         dead.pid = 999_999;
         std::fs::write(path(dir.path(), "api"), serde_json::to_vec(&dead).unwrap()).unwrap();
-        let lock = Lock::acquire(dir.path(), "api", &Origin::current()).unwrap();
-        assert_eq!(lock.taken_over.as_ref().unwrap().pid, 999_999);
+        let app_dir = tempfile::tempdir().unwrap();
+        let lock = Lock::acquire(dir.path(), "api", app_dir.path(), &Origin::current()).unwrap();
+        assert_eq!(lock.taken_over.as_ref().unwrap().origin.pid, 999_999);
+        assert!(lock.taken_over.as_ref().unwrap().phase.is_none());
     }
 }

@@ -65,6 +65,23 @@ impl Redactor {
         }
     }
 
+    /// Learn the values of an ecosystem's `env` block (the keys that are settings excepted).
+    pub fn add_pairs(&mut self, pairs: &[(String, Option<String>)]) {
+        for (key, value) in pairs {
+            if self.readable.contains(key) {
+                continue;
+            }
+            let Some(value) = value else { continue };
+            for v in std::iter::once(value.as_str()).chain(value.lines()) {
+                let v = v.trim();
+                if is_secret_like(v) && !self.secrets.iter().any(|s| s == v) {
+                    self.secrets.push(v.to_string());
+                }
+            }
+        }
+        self.secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    }
+
     /// Learn the values of an env file, read as dotenv reads it: `export`, comments, inline
     /// `# comments` after an unquoted value or a closing quote, and quoted values that span
     /// lines (a PEM key), each line of which is learned too, since it is printed line by line.

@@ -89,10 +89,22 @@ impl Drop for GroupKiller {
 /// With `on_line`, every line it prints (stdout or stderr) is handed over as it arrives, for a
 /// long deploy step the operator should see progress of.
 pub async fn run(
+    cmd: Command,
+    shown: &str,
+    limit: Duration,
+    on_line: Option<&mut dyn FnMut(&str)>,
+) -> Result<Output> {
+    run_tracked(cmd, shown, limit, on_line, None).await
+}
+
+/// Like [`run`]; `on_spawn` is told the child's process group as soon as it exists, so a
+/// caller can record it (a deploy step outlives a guard killed by kill -9).
+pub async fn run_tracked(
     mut cmd: Command,
     shown: &str,
     limit: Duration,
     mut on_line: Option<&mut dyn FnMut(&str)>,
+    on_spawn: Option<&mut dyn FnMut(i32)>,
 ) -> Result<Output> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -103,6 +115,9 @@ pub async fn run(
         .spawn()
         .with_context(|| format!("cannot run `{shown}`"))?;
     let mut killer = GroupKiller(child.id().and_then(|p| i32::try_from(p).ok()));
+    if let (Some(f), Some(pgid)) = (on_spawn, killer.0) {
+        f(pgid);
+    }
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(bool, Vec<u8>)>();
     if let Some(out) = child.stdout.take() {
         tokio::spawn(pump(out, false, tx.clone()));

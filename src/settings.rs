@@ -346,7 +346,7 @@ fn resolve(raw: RawConfig, base: &Path, path: &Path) -> std::result::Result<Sett
             .join("guard-backups")
             .join(&name),
     };
-    if backup_dir.starts_with(&dir) {
+    if backup_dir.starts_with(&dir) || real_path(&backup_dir).starts_with(real_path(&dir)) {
         return Err(format!(
             "backup.dir {} is inside app.dir: a `git reset` or clean of the app must never reach the backups",
             backup_dir.display()
@@ -527,6 +527,24 @@ fn resolve(raw: RawConfig, base: &Path, path: &Path) -> std::result::Result<Sett
     })
 }
 
+/// The path with symlinks resolved as far as it exists (a backup.dir may not exist yet).
+fn real_path(p: &Path) -> PathBuf {
+    let mut existing = p.to_path_buf();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        match (existing.file_name(), existing.parent()) {
+            (Some(name), Some(parent)) => {
+                rest.push(name.to_os_string());
+                existing = parent.to_path_buf();
+            }
+            _ => return p.to_path_buf(),
+        }
+    }
+    let mut out = std::fs::canonicalize(&existing).unwrap_or(existing);
+    out.extend(rest.iter().rev());
+    out
+}
+
 fn home_dir() -> Option<PathBuf> {
     std::env::var_os("HOME")
         .filter(|h| !h.is_empty())
@@ -671,6 +689,17 @@ mod tests {
         }
         let long = MINIMAL.replace("name = \"api\"", &format!("name = \"{}\"", "a".repeat(300)));
         assert!(parse(&long).is_err());
+    }
+
+    #[test]
+    fn backup_dir_inside_app_dir_through_a_symlink_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let app = root.path().join("app");
+        std::fs::create_dir(&app).unwrap();
+        std::os::unix::fs::symlink(&app, root.path().join("link")).unwrap();
+        let text = "[app]\nname = \"api\"\ndir = \"link\"\n[backup]\ndir = \"app/backups\"\n[health]\nurl = \"http://127.0.0.1:3000/health\"\n";
+        let err = Settings::parse(text, &root.path().join("guard.toml")).unwrap_err();
+        assert!(format!("{err:#}").contains("inside app.dir"), "{err:#}");
     }
 
     #[test]

@@ -20,6 +20,7 @@ struct CheckData<'a> {
 pub async fn run(ctx: &mut Ctx<'_>) -> Result<Done> {
     let tools = ctx.tools()?;
     let found = preflight::run(ctx, &tools, true).await;
+    preflight::learn_ecosystem_env(ctx, found.declared.as_ref());
     for c in &found.checks {
         let word = match c.level {
             Level::Ok => "ok  ",

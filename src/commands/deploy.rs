@@ -12,6 +12,7 @@ use crate::clean::Scope;
 use crate::cli::DeployArgs;
 use crate::ecosystem;
 use crate::exit::Happened;
+use crate::lock::Lock;
 use crate::ops::{self, Ctx, Tools, restart, restore, snapshot};
 use crate::output::StepState;
 use crate::runner;
@@ -55,15 +56,16 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &DeployArgs) -> Result<Done> {
     // incident's defaults on an app whose script lies in dist/); its warnings are shown.
     ops::preflight::deploy_gate(ctx, &tools).await?;
     let step_cmd = deploy_command(ctx, args);
-    let _lock = ops::lock(ctx)?;
+    let mut lock = ops::lock(ctx)?;
 
     let taken = snapshot::take(ctx, &tools, Kind::PreDeploy, "deploy", &[]).await?;
     let id = taken.id.clone();
+    ops::changing(&mut lock, Some(&id));
     let mut data = DeployData {
         before: taken.fingerprint.clone(),
         ..DeployData::default()
     };
-    let done = match after_backup(ctx, args, &tools, &id, step_cmd, &mut data).await {
+    let done = match after_backup(ctx, args, &tools, &id, step_cmd, &mut data, &mut lock).await {
         Ok(done) => done,
         // An error after the backup: the state may be half-changed and is not verified, which
         // is exit 4 whatever the error was; say where the backup is.
@@ -124,6 +126,7 @@ async fn after_backup(
     id: &str,
     step_cmd: StepCmd,
     data: &mut DeployData,
+    lock: &mut Lock,
 ) -> Result<Done> {
     ops::clean_step(ctx, "clean", Scope::BeforeBuild)?;
     if let Some(signal) = ctx.cancel.signal() {
@@ -134,7 +137,7 @@ async fn after_backup(
     }
 
     // The deploy step. Nothing has been restarted yet, so a failure only needs the files back.
-    let (result, output) = deploy_step(ctx, step_cmd).await;
+    let (result, output) = deploy_step(ctx, step_cmd, lock).await;
     // The step may have written new secrets into the env files: mask those too from now on.
     let mut redactor = ctx.printer.redactor().clone();
     redactor.learn_env_files(&ctx.settings.app.dir, &ctx.settings.backup.files);
@@ -166,7 +169,11 @@ async fn after_backup(
             .await
             .map_err(|e| format!("{e:#}"))
             .and_then(|d| match d {
-                Some(d) => ops::script_outside_clean(ctx, &d, &eco).map(|()| true),
+                Some(d) => {
+                    // The release's ecosystem may bring new env values: mask them too.
+                    ops::preflight::learn_ecosystem_env(ctx, Some(&d));
+                    ops::script_outside_clean(ctx, &d, &eco).map(|()| true)
+                }
                 None => Ok(false),
             })
         }
@@ -280,6 +287,7 @@ fn keep_step_output(ctx: &mut Ctx<'_>, id: &str, output: &[String], data: &mut D
 async fn deploy_step(
     ctx: &mut Ctx<'_>,
     step_cmd: StepCmd,
+    lock: &mut Lock,
 ) -> (std::result::Result<(), String>, Vec<String>) {
     let t = Instant::now();
     let (mut cmd, shown) = match step_cmd {
@@ -313,10 +321,20 @@ async fn deploy_step(
         printer.detail(line);
         lines.push(line.to_string());
     };
+    // The step's process group goes into the lock file: if guard is killed, the next run
+    // stops the step before it goes on.
+    let mut record = |pgid: i32| {
+        if let Err(e) = lock.child(Some(pgid)) {
+            tracing::warn!("recording the deploy step in the lock file: {e:#}");
+        }
+    };
     let result = tokio::select! {
-        r = runner::run(cmd, &shown, DEPLOY_STEP_LIMIT, Some(&mut show)) => r,
+        r = runner::run_tracked(cmd, &shown, DEPLOY_STEP_LIMIT, Some(&mut show), Some(&mut record)) => r,
         _ = cancel.cancelled() => Err(anyhow::anyhow!("stopped by signal {}", cancel.signal().unwrap_or(libc::SIGINT))),
     };
+    if let Err(e) = lock.child(None) {
+        tracing::warn!("recording the deploy step in the lock file: {e:#}");
+    }
     let result = match result {
         Ok(out) if out.success() => {
             ctx.printer

@@ -193,6 +193,7 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &HealthArgs) -> Result<Done> {
             .flatten(),
         None => None,
     };
+    preflight::learn_ecosystem_env(ctx, declared.as_ref());
     let (dsn, enabled) = preflight::sentry_state(ctx, declared.as_ref());
     let sentry_on = dsn
         && enabled

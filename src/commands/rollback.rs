@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::Done;
 use crate::cli::RollbackArgs;
 use crate::exit::Happened;
-use crate::ops::{self, Ctx, restore, snapshot};
+use crate::ops::{self, Ctx, restart, restore, snapshot};
 use crate::output::StepState;
 use crate::store::{self, Kind};
 use crate::verdict::Verdict;
@@ -35,7 +35,25 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &RollbackArgs) -> Result<Done> {
         store::parse_id(&args.incident)?;
     }
     let tools = ctx.tools()?;
-    let _lock = ops::lock(ctx)?;
+    let mut lock = ops::lock(ctx)?;
+    // `latest` after a run that died before it changed anything: that run left nothing to
+    // undo, and the newest snapshot is older than what runs now. Say so, restore nothing.
+    if args.incident == "latest"
+        && let Some(dead) = &lock.taken_over
+        && dead.phase.is_none()
+    {
+        let tools_check = restart::check_running(ctx, &tools).await;
+        let summary = format!(
+            "the last run (pid {}, `{}`) died before it changed anything: nothing to restore; name an incident (`guard list`) to go further back",
+            dead.origin.pid, dead.origin.command
+        );
+        let happened = if tools_check {
+            Happened::Done
+        } else {
+            Happened::LeftUnverified
+        };
+        return Ok(Done::new(happened, summary));
+    }
     let t = Instant::now();
     let (target, skipped) = ctx.store.resolve(&args.incident)?;
     let id = target.manifest.id.clone();
@@ -94,6 +112,7 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &RollbackArgs) -> Result<Done> {
             .await?,
         )
     };
+    ops::changing(&mut lock, before.as_ref().map(|b| b.id.as_str()));
     data.before_incident = before.as_ref().map(|b| b.id.clone());
     data.before = before.as_ref().and_then(|b| b.fingerprint.clone());
     if data.before.is_none() {

@@ -62,19 +62,46 @@ impl Ctx<'_> {
 pub fn lock(ctx: &mut Ctx<'_>) -> Result<Lock> {
     ctx.store.ensure()?;
     let t = Instant::now();
-    let lock = Lock::acquire(ctx.store.dir(), &ctx.settings.app.name, &ctx.origin)?;
+    let lock = Lock::acquire(
+        ctx.store.dir(),
+        &ctx.settings.app.name,
+        &ctx.settings.app.dir,
+        &ctx.origin,
+    )?;
     if let Some(dead) = &lock.taken_over {
+        let o = &dead.origin;
+        let how_far = match (&dead.phase, &dead.incident) {
+            (Some(_), Some(id)) => format!("it had begun to change the app after incident {id}"),
+            (Some(_), None) => "it had begun to change the app".to_string(),
+            (None, _) => "it had not changed the app yet".to_string(),
+        };
         ctx.printer.step(
             "lock",
             StepState::Warn,
             t.elapsed(),
             format!(
-                "took over the lock of a run that died: pid {} on {}, started {}",
-                dead.pid, dead.host, dead.started_at
+                "took over the lock of a run that died: pid {} on {}, started {}; {how_far}",
+                o.pid, o.host, o.started_at
             ),
         );
     }
+    if let Some(pgid) = lock.stopped_orphan {
+        ctx.printer.step(
+            "lock",
+            StepState::Warn,
+            t.elapsed(),
+            format!("stopped the dead run's deploy step, still running (process group {pgid})"),
+        );
+    }
     Ok(lock)
+}
+
+/// Mark the run as changing the app from now on (a run that dies later is known to have
+/// changed something); a failure to write the mark is only logged.
+pub fn changing(lock: &mut Lock, incident: Option<&str>) {
+    if let Err(e) = lock.changing(incident) {
+        tracing::warn!("recording progress in the lock file: {e:#}");
+    }
 }
 
 /// Every backup.files entry must exist before anything is changed (a usage error otherwise).

@@ -22,6 +22,15 @@ pub struct Found {
     pub declared: Option<Declared>,
 }
 
+/// Mask the values of the ecosystem's `env` block from now on, like an env file's.
+pub fn learn_ecosystem_env(ctx: &mut Ctx<'_>, declared: Option<&Declared>) {
+    if let Some(d) = declared {
+        let mut r = ctx.printer.redactor().clone();
+        r.add_pairs(&d.env.0);
+        ctx.printer.set_redactor(r);
+    }
+}
+
 /// `KEY=value` pairs of the env files among backup.files (the last one wins).
 pub fn env_values(ctx: &Ctx<'_>) -> Vec<(String, String)> {
     let mut out = Vec::new();
@@ -383,6 +392,7 @@ fn config_secrets(ctx: &Ctx<'_>) -> Check {
 pub async fn deploy_gate(ctx: &mut Ctx<'_>, tools: &Tools) -> anyhow::Result<()> {
     let t = std::time::Instant::now();
     let found = run(ctx, tools, false).await;
+    learn_ecosystem_env(ctx, found.declared.as_ref());
     let fails: Vec<&Check> = found
         .checks
         .iter()

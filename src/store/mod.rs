@@ -715,6 +715,16 @@ fn read_manifest(dir: &Path) -> Result<Manifest, String> {
 
 fn check_entry(dir: &Path, entry: &FileEntry) -> Result<(), String> {
     manifest::check_stored_path(&entry.path)?;
+    // Every folder on the way must be a real folder of the incident: a planted `files/`
+    // symlink would make guard read (and restore) files from anywhere.
+    let mut p = dir.to_path_buf();
+    let parent = Path::new(&entry.path).parent().unwrap_or(Path::new(""));
+    for c in parent.components() {
+        p.push(c);
+        if !fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
+            return Err(format!("{} is not a real folder (a symlink?)", p.display()));
+        }
+    }
     let path = dir.join(&entry.path);
     let meta = fs::symlink_metadata(&path).map_err(|_| format!("{} is missing", path.display()))?;
     if !meta.is_file() {
@@ -883,6 +893,25 @@ mod tests {
                 .iter()
                 .all(|l| !l.dir.to_string_lossy().contains(TEMP_PREFIX))
         );
+    }
+
+    #[test]
+    fn a_stored_file_behind_a_symlinked_folder_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = root.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        fs::write(outside.join("dump.pm2"), "[]").unwrap();
+        let inc = root.path().join("incident");
+        fs::create_dir(&inc).unwrap();
+        std::os::unix::fs::symlink(&outside, inc.join("pm2")).unwrap();
+        let entry = FileEntry {
+            path: manifest::PM2_DUMP.into(),
+            size: 2,
+            mode: 0o600,
+            sha256: sha256_file(&outside.join("dump.pm2")).unwrap(),
+        };
+        let err = check_entry(&inc, &entry).unwrap_err();
+        assert!(err.contains("not a real folder"), "{err}");
     }
 
     #[test]

@@ -88,8 +88,10 @@ fn kill_9_during_a_rollback_then_rollback_latest_still_works() {
     let before_v2 = app.incidents().last().unwrap().clone();
     let count = app.incidents().len();
     let bg = app.spawn_guard(&["rollback", "--incident", &before_v2]);
-    // Kill it right after its pre-rollback snapshot, in the middle of restoring.
-    assert!(crate::support::wait_until(LONG, || app.incidents().len() > count));
+    // Kill it right after its pre-rollback snapshot, once it has begun to restore.
+    assert!(crate::support::wait_until(LONG, || app.incidents().len()
+        > count
+        && app.lock_says("\"phase\":\"changing\"")));
     bg.signal(libc::SIGKILL);
     bg.finish(LONG);
     let run = app.guard(&["rollback", "--incident", "latest"]);
@@ -229,9 +231,76 @@ fn kill_9_during_a_snapshot_then_rollback_latest_recovers() {
         std::slice::from_ref(&good),
         "a killed snapshot leaves no incident"
     );
+    // The dead run changed nothing: `latest` restores nothing (the newest snapshot is older
+    // than what runs) and says so.
     let run = app.guard(&["rollback", "--incident", "latest"]);
     run.expect(0);
-    assert!(run.stdout.contains(&good), "{}", run.stdout);
+    assert!(run.stdout.contains("nothing to restore"), "{}", run.stdout);
     assert_eq!(app.version().as_deref(), Some("v1"));
-    assert!(!drafting(), "the half-written snapshot was swept");
+    assert_eq!(
+        app.incidents(),
+        std::slice::from_ref(&good),
+        "nothing was taken or restored"
+    );
+    app.guard(&["backup"]).expect(0);
+    assert!(
+        !drafting(),
+        "the half-written snapshot was swept by the next snapshot"
+    );
+}
+
+#[test]
+fn kill_9_during_the_deploy_step_stops_the_step_before_the_next_run_goes_on() {
+    let app = App::new();
+    app.start_v1();
+    app.release("v2", "good");
+    let late = app.dir.join("late.txt");
+    let bg = app.spawn_guard(&[
+        "deploy",
+        "--",
+        "sh",
+        "-c",
+        "git pull --ff-only && sleep 3 && echo late > late.txt",
+    ]);
+    assert!(crate::support::wait_until(LONG, || app.lock_says("child_pgid")));
+    bg.signal(libc::SIGKILL);
+    bg.finish(LONG);
+    let run = app.guard(&["rollback", "--incident", "latest"]);
+    run.expect(0);
+    assert!(
+        run.stdout.contains("stopped the dead run's deploy step"),
+        "{}",
+        run.stdout
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        !late.exists(),
+        "the orphaned step never wrote after the rollback"
+    );
+    assert_eq!(app.version().as_deref(), Some("v1"));
+}
+
+#[test]
+fn two_configs_of_one_app_with_different_backup_dirs_exclude_each_other() {
+    let app = App::new();
+    app.start_v1();
+    app.release("v2", "good");
+    let other = app.root.path().join("other.toml");
+    std::fs::write(
+        &other,
+        std::fs::read_to_string(&app.config)
+            .unwrap()
+            .replace("dir = \"backups\"", "dir = \"backups-of-another-operator\""),
+    )
+    .unwrap();
+    let bg = app.spawn_guard(&["deploy", "--", "sh", "-c", "git pull --ff-only && sleep 2"]);
+    assert!(crate::support::wait_until(LONG, || app.lock_says("child_pgid")));
+    let second = app.guard_with(&other, &["deploy"]);
+    second.expect(5);
+    assert!(
+        second.stderr.contains("another guard run is changing"),
+        "{}",
+        second.stderr
+    );
+    bg.finish(LONG).expect(0);
 }

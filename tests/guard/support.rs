@@ -226,13 +226,29 @@ impl App {
     }
 
     pub fn guard_cmd(&self, args: &[&str]) -> Command {
+        self.guard_cmd_with(&self.config, args)
+    }
+
+    /// guard with another config file than the app's own.
+    pub fn guard_cmd_with(&self, config: &Path, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_guard"));
-        cmd.arg("--config").arg(&self.config).args(args);
+        cmd.arg("--config").arg(config).args(args);
         cmd.env_remove("GUARD_CONFIG")
             .env("NO_COLOR", "1")
             .env("PM2_HOME", &self.pm2_home);
         cmd.current_dir(self.root.path());
         cmd
+    }
+
+    /// Run guard with another config to completion.
+    pub fn guard_with(&self, config: &Path, args: &[&str]) -> Run {
+        let t = Instant::now();
+        let out = self
+            .guard_cmd_with(config, args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        Run::from(out, t.elapsed())
     }
 
     /// Run guard to completion.
@@ -268,6 +284,12 @@ impl App {
     pub fn lock_recorded(&self) -> bool {
         std::fs::read_to_string(self.backups.join(format!("guard-{}.lock", self.name)))
             .is_ok_and(|s| s.contains("\"pid\""))
+    }
+
+    /// Whether the app's lock file holds `text` (how far a run got, its deploy step).
+    pub fn lock_says(&self, text: &str) -> bool {
+        std::fs::read_to_string(self.backups.join(format!("guard-{}.lock", self.name)))
+            .is_ok_and(|s| s.contains(text))
     }
 
     /// Run `guard backup` and return the new incident's id (the last line of stdout).

@@ -180,14 +180,10 @@ fn a_fifo_as_config_and_a_shared_backup_dir_are_refused_at_once() {
     let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
     // SAFETY: mkfifo with a valid NUL-terminated path.
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-    let t = std::time::Instant::now();
-    let out = app
-        .guard_cmd(&[])
-        .args(["--config", fifo.to_str().unwrap(), "health"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(t.elapsed() < Duration::from_secs(5), "no hang");
+    let run = app.guard_with(&fifo, &["health"]);
+    run.expect(2);
+    assert!(run.stderr.contains("not a regular file"), "{}", run.stderr);
+    assert!(run.took < Duration::from_secs(5), "no hang");
     // A world-writable backup.dir (a shared temp folder) is refused and left as it is.
     std::fs::create_dir_all(&app.backups).unwrap();
     std::fs::set_permissions(&app.backups, std::fs::Permissions::from_mode(0o1777)).unwrap();
@@ -204,4 +200,88 @@ fn a_fifo_as_config_and_a_shared_backup_dir_are_refused_at_once() {
         .mode()
         & 0o7777;
     assert_eq!(mode, 0o1777, "never chmod-ed");
+}
+
+#[test]
+fn values_of_the_ecosystems_env_block_are_masked_like_an_env_files() {
+    let app = App::new();
+    app.start_v1();
+    // v2's ecosystem sets its own DSN in the env block, and v2 prints it as it crashes.
+    let secret = "https://EcoOnlySecret99@sentry.invalid/2";
+    let eco = std::fs::read_to_string(app.work.join("ecosystem.config.js"))
+        .unwrap()
+        .replace(
+            "env: loadEnv(path.join(__dirname, 'env.env')),",
+            &format!(
+                "env: {{ ...loadEnv(path.join(__dirname, 'env.env')), SENTRY_DSN: '{secret}' }},"
+            ),
+        );
+    app.push(
+        &[
+            ("ecosystem.config.js", &eco),
+            (
+                "release.json",
+                r#"{ "version": "v2", "mode": "crash-at-start" }"#,
+            ),
+        ],
+        "v2 with a DSN in the ecosystem",
+    );
+    let run = app.guard(&["--json", "deploy"]);
+    run.expect(3);
+    assert!(!run.all().contains(secret), "{}", run.all());
+    let id = run.json()["incident"].as_str().unwrap().to_string();
+    for e in std::fs::read_dir(app.incident_dir(&id).join("logs"))
+        .unwrap()
+        .flatten()
+    {
+        let text = std::fs::read_to_string(e.path()).unwrap();
+        assert!(!text.contains(secret), "{}: {text}", e.path().display());
+    }
+    let logs = std::fs::read_dir(app.incident_dir(&id).join("logs"))
+        .unwrap()
+        .count();
+    assert!(logs > 0, "evidence was saved");
+}
+
+#[test]
+fn an_emergency_rollback_in_the_incidents_own_scenario_leaves_the_stale_dist_behind() {
+    let app = App::new();
+    app.start_v1();
+    // The incident: a stale dist/ that crashes the app at its next start, in the snapshot too.
+    std::fs::create_dir_all(app.dir.join("dist")).unwrap();
+    std::fs::write(
+        app.dir.join("dist/index.js"),
+        "throw new Error('stale CommonJS build');\n",
+    )
+    .unwrap();
+    let id = app.backup_id();
+    let run = app.guard(&["rollback", "--incident", &id]);
+    run.expect(0);
+    assert!(
+        !app.dir.join("dist").exists(),
+        "the artifact is not restored"
+    );
+    assert_eq!(app.version().as_deref(), Some("v1"));
+}
+
+#[test]
+fn https_to_a_plain_http_app_fails_at_once_instead_of_waiting_for_the_deadline() {
+    let app = App::new();
+    app.start_v1();
+    app.edit_config(
+        &format!("url = \"http://127.0.0.1:{}/health\"", app.port),
+        &format!("url = \"https://127.0.0.1:{}/health\"", app.port),
+    );
+    let run = app.guard(&["--json", "health", "--wait"]);
+    run.expect(1);
+    assert!(
+        run.took < Duration::from_secs(10),
+        "deadline is 20s, took {:?}",
+        run.took
+    );
+    let message = run.json()["data"]["verdict"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(message.contains("TLS or scheme mismatch"), "{message}");
 }
