@@ -22,7 +22,7 @@ echo "==> cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 
 echo "==> cargo test"
-cargo test --locked -- --test-threads=4
+cargo test --locked -- --test-threads=6
 
 # The build layout's demo (scripts/demo.sh build) is what tests/guard/build.rs and
 # snapshots.rs exercise; only the README's first command is run again here, to keep the suite

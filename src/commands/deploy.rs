@@ -223,7 +223,7 @@ async fn after_backup(
         ));
     }
 
-    ops::save_evidence(ctx, id, &verdict, &offsets);
+    ops::save_evidence(ctx, id, &verdict, &offsets).await;
     let interrupted = ctx.cancel.signal();
     if args.no_rollback && interrupted.is_none() {
         return Ok(Done::new(

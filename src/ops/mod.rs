@@ -214,7 +214,35 @@ pub fn record(
 
 /// Save the app's log tails (only what they got since the restart) into the incident and show
 /// the last lines of the error log.
-pub fn save_evidence(ctx: &mut Ctx<'_>, id: &str, verdict: &Verdict, since: &evidence::Offsets) {
+pub async fn save_evidence(
+    ctx: &mut Ctx<'_>,
+    id: &str,
+    verdict: &Verdict,
+    since: &evidence::Offsets,
+) {
+    // PM2's daemon writes the app's output to the log files a moment after the app printed
+    // it: wait (at most half a second, only after a failure) until they stop growing, so the
+    // last lines, often the cause, are in the evidence.
+    let size = || -> u64 {
+        verdict
+            .instances
+            .iter()
+            .flat_map(|i| [&i.out_log, &i.err_log])
+            .flatten()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum()
+    };
+    let mut last = size();
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    for _ in 0..5 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let now = size();
+        if now == last {
+            break;
+        }
+        last = now;
+    }
     let tails = evidence::collect(&verdict.instances, ctx.printer.redactor(), since);
     for tail in &tails {
         match ctx.store.save_evidence(id, &tail.name, &tail.text) {
