@@ -99,3 +99,19 @@ pub fn read(backup_dir: &Path, limit: usize) -> Result<Vec<Entry>> {
     entries.drain(..skip);
     Ok(entries)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_symlinked_audit_log_is_never_appended_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        std::os::unix::fs::symlink(&victim, path(dir.path())).unwrap();
+        let printer = crate::output::Printer::new(crate::output::Mode::Quiet, "backup");
+        assert!(append(dir.path(), &Origin::current(), &printer.report()).is_err());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    }
+}

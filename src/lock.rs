@@ -249,6 +249,17 @@ mod tests {
     }
 
     #[test]
+    fn a_symlinked_lock_file_is_refused_and_its_target_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        std::os::unix::fs::symlink(&victim, path(dir.path(), "api")).unwrap();
+        let app_dir = tempfile::tempdir().unwrap();
+        assert!(Lock::acquire(dir.path(), "api", app_dir.path(), &Origin::current()).is_err());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    }
+
+    #[test]
     fn a_record_left_by_a_dead_run_is_taken_over() {
         let dir = tempfile::tempdir().unwrap();
         let mut dead = Origin::current();

@@ -12,7 +12,7 @@ use crate::store::Kind;
 pub async fn run(ctx: &mut Ctx<'_>, args: &BackupArgs) -> Result<Done> {
     let tools = ctx.tools()?;
     ops::check_files(ctx)?;
-    let _lock = ops::lock(ctx)?;
+    let _lock = ops::lock(ctx).await?;
     let reason = args.reason.clone().unwrap_or_else(|| "manual".into());
     let taken = snapshot::take(ctx, &tools, Kind::Manual, &reason, &[]).await?;
     ctx.printer.last_line(&taken.id);

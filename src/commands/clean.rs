@@ -56,7 +56,7 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &CleanArgs) -> Result<Done> {
             format!("dry run: would remove {list}"),
         ));
     }
-    let mut lock = ops::lock(ctx)?;
+    let mut lock = ops::lock(ctx).await?;
     ops::changing(&mut lock, None);
     ops::clean_step(ctx, "clean", clean::Scope::Artifacts)?;
     Ok(Done::new(Happened::Done, format!("removed {list}")))

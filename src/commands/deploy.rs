@@ -56,7 +56,7 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &DeployArgs) -> Result<Done> {
     // incident's defaults on an app whose script lies in dist/); its warnings are shown.
     ops::preflight::deploy_gate(ctx, &tools).await?;
     let step_cmd = deploy_command(ctx, args);
-    let mut lock = ops::lock(ctx)?;
+    let mut lock = ops::lock(ctx).await?;
 
     let taken = snapshot::take(ctx, &tools, Kind::PreDeploy, "deploy", &[]).await?;
     let id = taken.id.clone();
@@ -335,6 +335,11 @@ async fn deploy_step(
     if let Err(e) = lock.child(None) {
         tracing::warn!("recording the deploy step in the lock file: {e:#}");
     }
+    // The step may have written new secrets into the env files (and its own command line may
+    // name them): mask them from its step line on.
+    let mut redactor = ctx.printer.redactor().clone();
+    redactor.learn_env_files(&ctx.settings.app.dir, &ctx.settings.backup.files);
+    ctx.printer.set_redactor(redactor);
     let result = match result {
         Ok(out) if out.success() => {
             ctx.printer

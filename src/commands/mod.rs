@@ -127,6 +127,8 @@ pub async fn run(cli: Cli, printer: &mut Printer, cancel: Cancel) -> ExitStatus 
             (status, ctx.printer.report())
         }
     };
+    // Secrets learned during the run (a deploy step's) are masked in the record too.
+    ctx.origin.command = ctx.printer.redactor().redact(&ctx.origin.command);
     // Runs refused up front (bad input, lock held) changed nothing and are not audited.
     if audited
         && !matches!(status, ExitStatus::Usage | ExitStatus::LockHeld)

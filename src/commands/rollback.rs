@@ -35,7 +35,7 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &RollbackArgs) -> Result<Done> {
         store::parse_id(&args.incident)?;
     }
     let tools = ctx.tools()?;
-    let mut lock = ops::lock(ctx)?;
+    let mut lock = ops::lock(ctx).await?;
     // `latest` after a run that died before it changed anything: that run left nothing to
     // undo, and the newest snapshot is older than what runs now. Say so, restore nothing.
     if args.incident == "latest"

@@ -59,7 +59,7 @@ impl Ctx<'_> {
 }
 
 /// Create backup.dir if needed and take the app's lock (exit 5 if held).
-pub fn lock(ctx: &mut Ctx<'_>) -> Result<Lock> {
+pub async fn lock(ctx: &mut Ctx<'_>) -> Result<Lock> {
     ctx.store.ensure()?;
     let t = Instant::now();
     let lock = Lock::acquire(
@@ -92,6 +92,21 @@ pub fn lock(ctx: &mut Ctx<'_>) -> Result<Lock> {
             t.elapsed(),
             format!("stopped the dead run's deploy step, still running (process group {pgid})"),
         );
+        // A git command of that step, killed half-way, leaves git's index lock behind, and
+        // every git command after it would fail. It was stopped here, under guard's lock.
+        if let Some(git) = Git::open(&ctx.settings.app.dir).await
+            && let Ok(dir) = git.git_dir().await
+        {
+            let stale = dir.join("index.lock");
+            if stale.exists() && std::fs::remove_file(&stale).is_ok() {
+                ctx.printer.step(
+                    "lock",
+                    StepState::Warn,
+                    t.elapsed(),
+                    format!("removed {} left by the stopped step's git", stale.display()),
+                );
+            }
+        }
     }
     Ok(lock)
 }
@@ -229,16 +244,28 @@ pub async fn save_evidence(
             .iter()
             .flat_map(|i| [&i.out_log, &i.err_log])
             .flatten()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
             .filter_map(|p| std::fs::metadata(p).ok())
             .map(|m| m.len())
             .sum()
     };
+    // Wait until they have grown past where they ended before the restart (the app said
+    // something) and then stopped growing: at most a second, and only after a failure.
+    let before: u64 = verdict
+        .instances
+        .iter()
+        .flat_map(|i| [&i.out_log, &i.err_log])
+        .flatten()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .map(|p| since.get(p).copied().unwrap_or(0))
+        .sum();
     let mut last = size();
-    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
-    for _ in 0..5 {
+    for _ in 0..10 {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         let now = size();
-        if now == last {
+        if now == last && now > before {
             break;
         }
         last = now;

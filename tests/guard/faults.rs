@@ -260,7 +260,8 @@ fn kill_9_during_the_deploy_step_stops_the_step_before_the_next_run_goes_on() {
         "--",
         "sh",
         "-c",
-        "git pull --ff-only && sleep 3 && echo late > late.txt",
+        // As a git command killed half-way leaves it: its index lock.
+        "git pull --ff-only && touch .git/index.lock && sleep 3 && echo late > late.txt",
     ]);
     assert!(crate::support::wait_until(LONG, || app.lock_says("child_pgid")));
     bg.signal(libc::SIGKILL);

@@ -285,3 +285,38 @@ fn https_to_a_plain_http_app_fails_at_once_instead_of_waiting_for_the_deadline()
         .to_string();
     assert!(message.contains("TLS or scheme mismatch"), "{message}");
 }
+
+#[test]
+fn a_backup_dir_of_another_user_is_refused() {
+    let app = App::new();
+    std::fs::create_dir_all(&app.backups).unwrap();
+    std::fs::set_permissions(&app.backups, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let c = std::ffi::CString::new(app.backups.to_str().unwrap()).unwrap();
+    // SAFETY: chown with a valid NUL-terminated path; the tests run as root.
+    assert_eq!(unsafe { libc::chown(c.as_ptr(), 65534, 65534) }, 0);
+    let run = app.guard(&["backup"]);
+    run.expect(2);
+    assert!(
+        run.stderr.contains("belongs to uid 65534"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_secret_the_deploy_step_writes_is_masked_in_what_follows() {
+    let app = App::new();
+    app.start_v1();
+    app.release("v2", "crash-at-start");
+    // The step rotates the DSN; v2 prints the new one as it crashes.
+    let run = app.guard(&[
+        "deploy",
+        "--",
+        "sh",
+        "-c",
+        "git pull --ff-only && sed -i 's|^SENTRY_DSN=.*|SENTRY_DSN=https://StepWritten77@sentry.invalid/3|' env.env",
+    ]);
+    run.expect(3);
+    assert!(run.stdout.contains("SENTRY_DSN=***"), "{}", run.stdout);
+    assert!(!run.all().contains("StepWritten77"), "{}", run.all());
+}
