@@ -236,30 +236,24 @@ pub async fn save_evidence(
     since: &evidence::Offsets,
 ) {
     // PM2's daemon writes the app's output to the log files a moment after the app printed
-    // it: wait (at most half a second, only after a failure) until they stop growing, so the
-    // last lines, often the cause, are in the evidence.
-    let size = || -> u64 {
-        verdict
-            .instances
-            .iter()
-            .flat_map(|i| [&i.out_log, &i.err_log])
-            .flatten()
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .filter_map(|p| std::fs::metadata(p).ok())
-            .map(|m| m.len())
-            .sum()
-    };
-    // Wait until they have grown past where they ended before the restart (the app said
-    // something) and then stopped growing: at most a second, and only after a failure.
-    let before: u64 = verdict
+    // it: wait until they have grown past where they ended before the restart (the app said
+    // something) and then stopped growing, so the last lines, often the cause, are in the
+    // evidence. At most a second, and only after a failure.
+    let logs: std::collections::BTreeSet<&std::path::PathBuf> = verdict
         .instances
         .iter()
         .flat_map(|i| [&i.out_log, &i.err_log])
         .flatten()
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .map(|p| since.get(p).copied().unwrap_or(0))
+        .collect();
+    let size = || -> u64 {
+        logs.iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum()
+    };
+    let before: u64 = logs
+        .iter()
+        .map(|p| since.get(*p).copied().unwrap_or(0))
         .sum();
     let mut last = size();
     for _ in 0..10 {
