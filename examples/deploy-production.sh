@@ -12,8 +12,8 @@ code=$?
 
 case $code in
   0) echo "deploy OK: new version verified healthy" ;;
-  3) echo "DEPLOY FAILED, ROLLED BACK: the previous version is healthy again; see 'guard list' and the incident's logs/" ;;
-  4) echo "DEPLOY FAILED AND SERVICE NOT VERIFIED HEALTHY: a human must act now ('guard health', 'guard rollback --incident latest')" ;;
+  3) echo "DEPLOY FAILED, ROLLED BACK: the previous version is healthy again; see 'guard incidents' and the incident's logs/" ;;
+  4) echo "DEPLOY FAILED AND SERVICE NOT VERIFIED HEALTHY: a human must act now ('guard health', 'guard rollback latest')" ;;
   5) echo "another deploy is running (see the message above); nothing was changed" ;;
   2) echo "guard refused the input (config, flags, files); nothing was changed" ;;
   130|143) echo "deploy interrupted; guard restored the previous state before exiting" ;;

@@ -42,25 +42,32 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Snapshot the whole app folder, PM2's dump and the git commit into a new incident
+    #[command(after_help = EXIT_CODES)]
     Backup(BackupArgs),
     /// Remove build artifacts (clean.paths, clean.globs) from the app dir
+    #[command(after_help = EXIT_CODES)]
     Clean(CleanArgs),
     /// Back up, clean, run the deploy step, restart through PM2, verify, roll back on failure
     #[command(after_help = EXIT_CODES)]
     Deploy(DeployArgs),
     /// Show the app's PM2 state and its health endpoint
+    #[command(after_help = EXIT_CODES)]
     Health(HealthArgs),
     /// Make the app folder identical to an incident, restart through PM2, prove it healthy
     #[command(after_help = EXIT_CODES)]
     Rollback(RollbackArgs),
-    /// List the incidents in backup.dir, newest first
-    List,
+    /// List this app's incidents (snapshots) in backup.dir, newest first
+    #[command(after_help = EXIT_CODES, visible_alias = "list")]
+    Incidents,
     /// Show the audit log of runs that changed something
+    #[command(after_help = EXIT_CODES)]
     History(HistoryArgs),
     /// Preflight: PM2 fail-fast policy, Sentry, .gitignore, pm2 save, file modes, room for a
     /// snapshot... each ok, warn or fail with a fix; changes nothing (exit 1 on a failure)
+    #[command(after_help = EXIT_CODES)]
     Check,
     /// Write a guard.toml for an app from its ecosystem file (never overwrites one)
+    #[command(after_help = EXIT_CODES)]
     Init(InitArgs),
 }
 
@@ -73,7 +80,7 @@ impl Command {
             Command::Deploy(_) => "deploy",
             Command::Health(_) => "health",
             Command::Rollback(_) => "rollback",
-            Command::List => "list",
+            Command::Incidents => "incidents",
             Command::History(_) => "history",
             Command::Check => "check",
             Command::Init(_) => "init",
@@ -121,10 +128,14 @@ pub struct HealthArgs {
 
 /// Flags of `guard rollback`.
 #[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("target").required(true).args(["id", "incident"]))]
 pub struct RollbackArgs {
     /// The incident to restore: an id like 20251222-110221 (or incident-20251222-110221), or `latest`
+    #[arg(value_name = "ID|latest")]
+    pub id: Option<String>,
+    /// The same, as a flag (kept for scripts written for guard 0.1)
     #[arg(long, value_name = "ID|latest")]
-    pub incident: String,
+    pub incident: Option<String>,
     /// Do not snapshot the current state first (a full disk); this rollback cannot be undone
     #[arg(long)]
     pub no_snapshot: bool,
@@ -139,6 +150,16 @@ pub struct InitArgs {
     /// The PM2 app to guard, when the ecosystem declares several
     #[arg(long, value_name = "NAME")]
     pub app: Option<String>,
+}
+
+impl RollbackArgs {
+    /// The incident asked for, as a word or with `--incident`.
+    pub fn target(&self) -> &str {
+        self.id
+            .as_deref()
+            .or(self.incident.as_deref())
+            .unwrap_or("latest")
+    }
 }
 
 /// Flags of `guard history`.
@@ -169,7 +190,30 @@ mod tests {
     }
 
     #[test]
-    fn rollback_requires_an_incident() {
+    fn rollback_requires_an_incident_as_a_word_or_a_flag() {
         assert!(Cli::try_parse_from(["guard", "rollback"]).is_err());
+        for argv in [
+            &["guard", "rollback", "latest"][..],
+            &["guard", "rollback", "--incident", "latest"][..],
+        ] {
+            match Cli::try_parse_from(argv).unwrap().command {
+                Command::Rollback(a) => assert_eq!(a.target(), "latest"),
+                other => panic!("parsed as {other:?}"),
+            }
+        }
+        assert!(Cli::try_parse_from(["guard", "rollback", "latest", "--incident", "x"]).is_err());
+    }
+
+    #[test]
+    fn list_is_an_alias_of_incidents_and_every_command_shows_the_exit_codes() {
+        assert!(matches!(
+            Cli::try_parse_from(["guard", "list"]).unwrap().command,
+            Command::Incidents
+        ));
+        let mut cmd = Cli::command();
+        for sub in cmd.get_subcommands_mut() {
+            let help = sub.render_long_help().to_string();
+            assert!(help.contains("Exit codes:"), "{} --help", sub.get_name());
+        }
     }
 }

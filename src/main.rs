@@ -38,8 +38,30 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
     }
-    // Parse before starting any runtime: a bad flag exits 2 without touching anything.
-    let cli = cli::Cli::parse();
+    // Parse before starting any runtime: a bad flag exits 2 without touching anything, and
+    // with --json a script still gets a JSON document saying so.
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let wants_json = std::env::args().any(|a| a == "--json");
+            if wants_json && e.use_stderr() {
+                let doc = serde_json::json!({
+                    "schema": output::SCHEMA,
+                    "command": null,
+                    "verdict": ExitStatus::Usage.to_string(),
+                    "reason": output::sanitize(&e.to_string()).trim_end().to_string(),
+                    "exit_code": ExitStatus::Usage.code(),
+                });
+                let _ = std::io::Write::write_all(
+                    &mut std::io::stdout(),
+                    format!("{doc:#}\n").as_bytes(),
+                );
+                let _ = e.print();
+                std::process::exit(ExitStatus::Usage.code());
+            }
+            e.exit();
+        }
+    };
     init_logging(cli.verbose, cli.quiet);
     let mode = if cli.json {
         Mode::Json

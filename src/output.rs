@@ -191,6 +191,14 @@ impl Printer {
         }
     }
 
+    /// A row of a listing (`incidents`, `history`): printed with `-q` too, since the rows are
+    /// what was asked for.
+    pub fn row(&self, line: impl AsRef<str>) {
+        if self.mode != Mode::Json {
+            out(&sanitize(&self.redactor.redact(line.as_ref())));
+        }
+    }
+
     /// A plain line on stdout in human mode (tables, status blocks).
     pub fn line(&self, line: impl AsRef<str>) {
         if self.mode == Mode::Human {

@@ -24,7 +24,7 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &HistoryArgs) -> Result<Done> {
             (Some(b), Some(a)) => format!("  {} -> {}", short_code(b), short_code(a)),
             _ => String::new(),
         };
-        ctx.printer.line(format!(
+        ctx.printer.row(format!(
             "{}  {}@{}  exit {}  {}{codes}  {}{}",
             e.time,
             e.user,
@@ -39,12 +39,10 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &HistoryArgs) -> Result<Done> {
         ));
     }
     ctx.printer.set_data(&HistoryData { entries: &entries });
-    Ok(Done::new(
-        Happened::Done,
-        format!(
-            "{} entr(ies) from {}",
-            entries.len(),
-            audit::path(ctx.store.dir()).display()
-        ),
-    ))
+    ctx.printer.line(format!(
+        "{} entr(ies) from {}",
+        entries.len(),
+        audit::path(ctx.store.dir()).display()
+    ));
+    Ok(Done::new(Happened::Done, ""))
 }

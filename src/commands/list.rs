@@ -58,7 +58,7 @@ pub async fn run(ctx: &mut Ctx<'_>) -> Result<Done> {
         match &l.manifest {
             Ok(m) => {
                 let commit = m.fingerprint().unwrap_or_else(|| "-".into());
-                ctx.printer.line(format!(
+                ctx.printer.row(format!(
                     "{:<20} {:<24} {:<12} {:<13} {:<14} {:>9}  {}{codes}",
                     l.id, m.created_at, m.kind, commit, outcome, size, m.reason
                 ));
@@ -75,7 +75,7 @@ pub async fn run(ctx: &mut Ctx<'_>) -> Result<Done> {
                 });
             }
             Err(e) => {
-                ctx.printer.line(format!("{:<20} BROKEN: {e}", l.id));
+                ctx.printer.row(format!("{:<20} BROKEN: {e}", l.id));
                 rows.push(Row {
                     id: l.id.clone(),
                     time: None,
@@ -95,8 +95,11 @@ pub async fn run(ctx: &mut Ctx<'_>) -> Result<Done> {
         backup_dir: &dir,
         incidents: rows,
     });
-    Ok(Done::new(
-        Happened::Done,
-        format!("{} incident(s) in {}", incidents.len(), dir.display()),
-    ))
+    // A listing ends with its rows, not with a "success" line.
+    ctx.printer.line(format!(
+        "{} incident(s) in {}",
+        incidents.len(),
+        dir.display()
+    ));
+    Ok(Done::new(Happened::Done, ""))
 }

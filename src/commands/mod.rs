@@ -46,7 +46,7 @@ fn changes_things(cmd: &Command) -> bool {
         Command::Backup(_) | Command::Deploy(_) | Command::Rollback(_) => true,
         Command::Clean(a) => !a.dry_run && !a.check,
         Command::Health(_)
-        | Command::List
+        | Command::Incidents
         | Command::History(_)
         | Command::Check
         | Command::Init(_) => false,
@@ -111,7 +111,7 @@ pub async fn run(cli: Cli, printer: &mut Printer, cancel: Cancel) -> ExitStatus 
         Command::Deploy(a) => deploy::run(&mut ctx, a).await,
         Command::Health(a) => health::run(&mut ctx, a).await,
         Command::Rollback(a) => rollback::run(&mut ctx, a).await,
-        Command::List => list::run(&mut ctx).await,
+        Command::Incidents => list::run(&mut ctx).await,
         Command::History(a) => history::run(&mut ctx, a).await,
         Command::Check => check::run(&mut ctx).await,
         Command::Init(_) => unreachable!("init runs before the config is read"),

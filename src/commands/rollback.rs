@@ -31,14 +31,14 @@ struct RollbackData {
 
 /// `guard rollback`.
 pub async fn run(ctx: &mut Ctx<'_>, args: &RollbackArgs) -> Result<Done> {
-    if args.incident != "latest" {
-        store::parse_id(&args.incident)?;
+    if args.target() != "latest" {
+        store::parse_id(args.target())?;
     }
     let tools = ctx.tools()?;
     let mut lock = ops::lock(ctx).await?;
     // `latest` after a run that died before it changed anything: that run left nothing to
     // undo, and the newest snapshot is older than what runs now. Say so, restore nothing.
-    if args.incident == "latest"
+    if args.target() == "latest"
         && let Some(dead) = &lock.taken_over
         && dead.phase.is_none()
     {
@@ -55,7 +55,7 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &RollbackArgs) -> Result<Done> {
         return Ok(Done::new(happened, summary));
     }
     let t = Instant::now();
-    let (target, skipped) = ctx.store.resolve(&args.incident)?;
+    let (target, skipped) = ctx.store.resolve(args.target())?;
     let id = target.manifest.id.clone();
     for (bad, why) in &skipped {
         ctx.printer.step(
@@ -67,7 +67,7 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &RollbackArgs) -> Result<Done> {
     }
     restore::check(ctx, &target).await?;
     restore::learn_secrets(ctx, &target);
-    let picked = if args.incident == "latest" {
+    let picked = if args.target() == "latest" {
         " (newest restorable: `latest`)"
     } else {
         ""

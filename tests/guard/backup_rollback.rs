@@ -183,6 +183,15 @@ fn list_and_history_show_incidents_and_runs_without_secrets() {
     let history = app.guard(&["history"]);
     history.expect(0);
     assert!(history.stdout.contains("exit 3"), "{}", history.stdout);
+    // A listing is its rows, with -q too, and no "success" line.
+    let quiet = app.guard(&["-q", "incidents"]);
+    quiet.expect(0);
+    assert_eq!(quiet.stdout.lines().count(), 2, "{}", quiet.stdout);
+    assert!(
+        quiet.stdout.lines().all(|l| !l.starts_with("success:")),
+        "{}",
+        quiet.stdout
+    );
     let audit = std::fs::read_to_string(app.backups.join("audit.log")).unwrap();
     assert_eq!(audit.lines().count(), 2);
     assert!(!audit.contains(SECRET_DSN) && !audit.contains("hunter2"));

@@ -94,7 +94,8 @@ fn kill_9_during_a_rollback_then_rollback_latest_still_works() {
         && app.lock_says("\"phase\":\"changing\"")));
     bg.signal(libc::SIGKILL);
     bg.finish(LONG);
-    let run = app.guard(&["rollback", "--incident", "latest"]);
+    // `rollback latest`, the word form (`--incident latest` works the same).
+    let run = app.guard(&["rollback", "latest"]);
     run.expect(0);
     assert!(
         run.stdout.contains(&before_v2),

@@ -83,6 +83,16 @@ fn bad_flags_are_usage_errors() {
         &["clean", "--check", "--dry-run"],
         "cannot be used with",
     );
+    // A script that asked for JSON gets JSON even for a bad flag.
+    let run = app.guard(&["--json", "deploy", "--frobnicate"]);
+    run.expect(2);
+    let doc = run.json();
+    assert_eq!(doc["exit_code"], 2);
+    assert_eq!(doc["schema"], 1);
+    assert!(
+        doc["reason"].as_str().unwrap().contains("--frobnicate"),
+        "{doc}"
+    );
 }
 
 #[test]
