@@ -169,12 +169,11 @@ fn guard_as_operator(app: &App, args: &[&str]) -> Run {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    let _ = t;
     Run {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        took: std::time::Duration::ZERO,
+        took: t.elapsed(),
     }
 }
 
