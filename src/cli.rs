@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 const EXIT_CODES: &str = "\
 Exit codes:
   0  success
-  1  failed (unhealthy, artifacts found by --check, a step failed)
+  1  failed (unhealthy, artifacts found by --check, a failing `guard check`, a step failed)
   2  usage or config error, or a failing check before a deploy: nothing was changed
   3  deploy failed and was rolled back: the previous version is verified healthy
   4  deploy or rollback failed and the service is NOT verified healthy: a human must act

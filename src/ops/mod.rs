@@ -71,7 +71,9 @@ pub async fn lock(ctx: &mut Ctx<'_>) -> Result<Lock> {
     if let Some(dead) = &lock.taken_over {
         let o = &dead.origin;
         let how_far = match (&dead.phase, &dead.incident) {
-            (Some(_), Some(id)) => format!("it had begun to change the app after incident {id}"),
+            (Some(_), Some(id)) => format!(
+                "it had begun to change the app after incident {id}: the app may be half-changed, `guard rollback {id}` puts back what ran before it"
+            ),
             (Some(_), None) => "it had begun to change the app".to_string(),
             (None, _) => "it had not changed the app yet".to_string(),
         };

@@ -588,6 +588,24 @@ impl Bg {
     }
 }
 
+/// A stub HTTP server on 127.0.0.1 for odd health endpoints: each of up to 20 connections
+/// gets its request read and is then handed to `respond`. Returns the port.
+pub fn serve(respond: fn(&mut TcpStream)) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(20) {
+            let Ok(mut s) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf);
+                respond(&mut s);
+            });
+        }
+    });
+    port
+}
+
 /// A minimal HTTP/1.0 GET on 127.0.0.1, returning status and body.
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut s =

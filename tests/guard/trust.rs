@@ -1,11 +1,10 @@
 //! Trust, round 2: what an attacker and a bad day got through, each as a regression test.
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use crate::support::{App, SECRET_DSN};
+use crate::support::{App, SECRET_DSN, serve};
 
 #[test]
 fn the_rollback_target_is_never_pruned_by_its_own_pre_rollback_snapshot() {
@@ -79,25 +78,12 @@ fn latest_passes_over_a_broken_incident_and_says_so_and_no_snapshot_skips_the_ba
     assert_eq!(app.version().as_deref(), Some("v1"));
 }
 
-/// A one-shot HTTP server on 127.0.0.1 answering every request with `answer`.
-fn serve(answer: &'static str) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().take(20) {
-            let Ok(mut s) = stream else { continue };
-            let mut buf = [0u8; 1024];
-            let _ = s.read(&mut buf);
-            let _ = s.write_all(answer.as_bytes());
-        }
-    });
-    port
-}
-
 #[test]
 fn a_redirect_is_a_failed_probe_that_names_where_it_points() {
     let app = App::new();
-    let port = serve("HTTP/1.1 302 Found\r\nLocation: /login\r\nContent-Length: 0\r\n\r\n");
+    let port = serve(|s| {
+        let _ = s.write_all(b"HTTP/1.1 302 Found\r\nLocation: /login\r\nContent-Length: 0\r\n\r\n");
+    });
     app.edit_config(
         &format!("url = \"http://127.0.0.1:{}/health\"", app.port),
         &format!("url = \"http://127.0.0.1:{port}/health\""),

@@ -1,11 +1,10 @@
 //! The verification rules: what PM2 hides is caught, a verdict comes as soon as it is known,
 //! and a good release that is slow to boot is not failed.
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
+use std::io::Write;
 use std::time::Duration;
 
-use crate::support::{App, SECRET_DSN};
+use crate::support::{App, SECRET_DSN, serve};
 
 #[test]
 fn a_crash_after_the_first_good_probe_is_caught_in_the_stable_window() {
@@ -196,22 +195,6 @@ fn the_log_tail_is_captured_and_redacted() {
 }
 
 /// A one-connection-at-a-time HTTP server on 127.0.0.1 that answers with `respond`.
-fn serve(respond: fn(&mut std::net::TcpStream)) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().take(20) {
-            let Ok(mut s) = stream else { continue };
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 1024];
-                let _ = s.read(&mut buf);
-                respond(&mut s);
-            });
-        }
-    });
-    port
-}
-
 fn probe_outcome(app: &App, url: &str) -> (crate::support::Run, String) {
     app.edit_config(
         &format!("url = \"http://127.0.0.1:{}/health\"", app.port),
