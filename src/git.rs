@@ -100,9 +100,19 @@ impl Git {
     /// Move HEAD and the index to `commit` without touching the work tree (`git reset
     /// --mixed`): after a tree restore the files are already right.
     pub async fn reset_index(&self, commit: &str) -> Result<()> {
-        self.call(&["reset", "--mixed", "--quiet", commit])
-            .await
-            .map(drop)
+        // A git that was just killed (a deploy step stopped at a take-over) may still be
+        // going away with its index lock: give it a moment before giving up.
+        let mut tries = 0;
+        loop {
+            match self.call(&["reset", "--mixed", "--quiet", commit]).await {
+                Ok(_) => return Ok(()),
+                Err(e) if tries < 5 && format!("{e:#}").contains("index.lock") => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Apply a format-1 patch of uncommitted changes.

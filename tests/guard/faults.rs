@@ -262,9 +262,11 @@ fn kill_9_during_the_deploy_step_stops_the_step_before_the_next_run_goes_on() {
         "sh",
         "-c",
         // As a git command killed half-way leaves it: its index lock.
-        "git pull --ff-only && touch .git/index.lock && sleep 3 && echo late > late.txt",
+        "git pull --ff-only && touch .git/index.lock && touch ready && sleep 3 && echo late > late.txt",
     ]);
-    assert!(crate::support::wait_until(LONG, || app.lock_says("child_pgid")));
+    assert!(crate::support::wait_until(LONG, || app
+        .lock_says("child_pgid")
+        && app.dir.join("ready").exists()));
     bg.signal(libc::SIGKILL);
     bg.finish(LONG);
     let run = app.guard(&["rollback", "--incident", "latest"]);
