@@ -23,6 +23,9 @@ pub struct Entry {
     pub host: String,
     /// Command line.
     pub command: String,
+    /// The subcommand (`deploy`, `rollback`...); absent in entries of guard 0.1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subcommand: Option<String>,
     /// The app.
     pub app: Option<String>,
     /// Incident taken or used.
@@ -55,6 +58,7 @@ pub fn append(backup_dir: &Path, origin: &Origin, report: &Report) -> Result<()>
         user: origin.user.clone(),
         host: origin.host.clone(),
         command: origin.command.clone(),
+        subcommand: Some(report.command.clone()),
         app: report.app.clone(),
         incident: report.incident.clone(),
         before: report.before.clone(),
@@ -98,6 +102,16 @@ pub fn read(backup_dir: &Path, limit: usize) -> Result<Vec<Entry>> {
     let skip = entries.len().saturating_sub(limit);
     entries.drain(..skip);
     Ok(entries)
+}
+
+impl Entry {
+    /// Whether this entry is a deploy (entries of guard 0.1 are told by their command line).
+    pub fn is_deploy(&self) -> bool {
+        match &self.subcommand {
+            Some(s) => s == "deploy",
+            None => self.command.split_whitespace().any(|w| w == "deploy"),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -69,6 +69,12 @@ pub enum Command {
     /// Write a guard.toml for an app from its ecosystem file (never overwrites one)
     #[command(after_help = EXIT_CODES)]
     Init(InitArgs),
+    /// Watch the app in the foreground (for systemd): report crashes, crash loops, a failing
+    /// health check, memory and artifacts to [alert] destinations; roll back a failing recent
+    /// deploy when [watch] rollback_within is set. Never takes the deploy lock; stops on
+    /// SIGTERM with exit 0
+    #[command(after_help = EXIT_CODES)]
+    Watch,
 }
 
 impl Command {
@@ -84,6 +90,7 @@ impl Command {
             Command::History(_) => "history",
             Command::Check => "check",
             Command::Init(_) => "init",
+            Command::Watch => "watch",
         }
     }
 }

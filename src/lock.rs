@@ -56,6 +56,22 @@ pub fn path(backup_dir: &Path, app: &str) -> PathBuf {
     backup_dir.join(format!("guard-{app}.lock"))
 }
 
+/// Whether a live guard run on this host holds the lock, read without taking it (the watcher
+/// must never make a deploy fail with exit 5). A record left by a dead run does not count.
+pub fn held_by_live_run(backup_dir: &Path, app: &str) -> bool {
+    let Ok(mut file) = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path(backup_dir, app))
+    else {
+        return false;
+    };
+    read_holder(&mut file).is_some_and(|r| {
+        r.origin.host == crate::origin::host()
+            && i32::try_from(r.origin.pid).is_ok_and(crate::pm2::pid_alive)
+    })
+}
+
 impl Lock {
     /// Take the lock at once or fail with exit 5 naming the holder. `me` is recorded in the
     /// file (its command line already masked by the caller).

@@ -1,5 +1,6 @@
 //! guard: safe deploys for a PM2-run Node.js backend. Parse, run, exit with one code.
 
+mod alert;
 mod atomic;
 mod audit;
 mod checks;
@@ -11,14 +12,17 @@ mod evidence;
 mod exit;
 mod git;
 mod lock;
+mod monitor;
 mod ops;
 mod origin;
 mod output;
 mod pm2;
+mod pm2log;
 mod probe;
 mod redact;
 mod resources;
 mod runner;
+mod sdnotify;
 mod settings;
 mod signals;
 mod store;

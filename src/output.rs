@@ -206,6 +206,29 @@ impl Printer {
         }
     }
 
+    /// An event of `guard watch`, as it happens: a line (with `-q` too: events are what was
+    /// asked for), or one JSON line per event with `--json`.
+    pub fn event(&self, alert: &crate::alert::Alert) {
+        if self.mode == Mode::Json {
+            let line = serde_json::to_string(alert).unwrap_or_default();
+            out(&self.redactor.redact(&line));
+            return;
+        }
+        let mut text = format!(
+            "{}  {:<8} {:<15} {}",
+            alert.at, alert.severity, alert.event, alert.message
+        );
+        if let Some(id) = &alert.incident {
+            text.push_str(&format!(" (incident {id})"));
+        }
+        let color = match alert.severity {
+            crate::alert::Severity::Info => "32",
+            crate::alert::Severity::Warning => "33",
+            crate::alert::Severity::Critical => "31;1",
+        };
+        out(&self.paint(&sanitize(&self.redactor.redact(&text)), color));
+    }
+
     /// Print the outcome and return the report for the audit log.
     pub fn finish(&mut self, status: ExitStatus, summary: &str) -> Report {
         let summary = sanitize(&self.redactor.redact(summary));
@@ -216,8 +239,14 @@ impl Printer {
         }
         match self.mode {
             Mode::Json => {
-                let doc = serde_json::to_string_pretty(&self.report)
-                    .unwrap_or_else(|e| format!("{{\"error\":\"serialising report: {e}\"}}"));
+                // After a stream of JSON lines (`watch`), the last document is a line too.
+                let doc = if self.report.command == "watch" {
+                    serde_json::to_string(&self.report)
+                } else {
+                    serde_json::to_string_pretty(&self.report)
+                };
+                let doc =
+                    doc.unwrap_or_else(|e| format!("{{\"error\":\"serialising report: {e}\"}}"));
                 out(&self.redactor.redact(&doc));
             }
             Mode::Human | Mode::Quiet => {

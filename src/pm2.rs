@@ -13,7 +13,7 @@ use crate::runner;
 use crate::settings::Settings;
 
 /// One PM2 process (one instance of an app), as `pm2 jlist` reports it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Instance {
     /// PM2 process name.
     pub name: String,

@@ -32,6 +32,83 @@ pub struct Settings {
     pub readable_env: Vec<String>,
     /// Thresholds of `guard check`.
     pub check: CheckLimits,
+    /// What `guard watch` reports, and when it rolls back.
+    pub watch: WatchConfig,
+    /// Where alerts go.
+    pub alert: AlertConfig,
+}
+
+/// `[watch]`: the rules of `guard watch`.
+#[derive(Debug, Clone)]
+pub struct WatchConfig {
+    /// Between health probes while watching.
+    pub interval: Duration,
+    /// Failing probes in a row before the health alert.
+    pub failures: u32,
+    /// This many restarts within `loop_window` are a crash loop.
+    pub loop_restarts: u32,
+    /// The crash-loop window (also `guard health`'s "restarts in the last ...").
+    pub loop_window: Duration,
+    /// Quiet time after a crash before it is reported recovered.
+    pub recover_after: Duration,
+    /// Resident memory of one instance above which an alert is sent.
+    pub max_memory: Option<u64>,
+    /// After a successful deploy, roll back on a crash loop or sustained health failure
+    /// within this time; off when unset.
+    pub rollback_within: Option<Duration>,
+    /// Between consistency reads of PM2's process list (a pm2 CLI call costs a Node start).
+    pub pm2_every: Duration,
+}
+
+/// Where a secret value (a webhook URL, a bot token) comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Secret {
+    /// Written in guard.toml.
+    Inline(String),
+    /// Read from this environment variable.
+    Env(String),
+    /// Read from this file (first line).
+    File(PathBuf),
+}
+
+/// A Telegram destination.
+#[derive(Debug, Clone)]
+pub struct TelegramConfig {
+    /// The bot token.
+    pub token: Secret,
+    /// The chat to post to.
+    pub chat_id: String,
+    /// The Bot API base URL.
+    pub api_url: reqwest::Url,
+}
+
+/// The heartbeat (dead man's switch) ping.
+#[derive(Debug, Clone)]
+pub struct HeartbeatConfig {
+    /// The URL pinged.
+    pub url: Secret,
+    /// How often.
+    pub every: Duration,
+}
+
+/// `[alert]`: every destination, any number of each.
+#[derive(Debug, Clone, Default)]
+pub struct AlertConfig {
+    /// Generic JSON webhooks.
+    pub webhook: Vec<Secret>,
+    /// Slack incoming webhooks.
+    pub slack: Vec<Secret>,
+    /// Telegram bots.
+    pub telegram: Vec<TelegramConfig>,
+    /// The heartbeat ping of `guard watch`.
+    pub heartbeat: Option<HeartbeatConfig>,
+}
+
+impl AlertConfig {
+    /// Whether any alert destination is configured (the heartbeat is not one).
+    pub fn any(&self) -> bool {
+        !self.webhook.is_empty() || !self.slack.is_empty() || !self.telegram.is_empty()
+    }
 }
 
 /// `[check]`: the PM2 fail-fast policy `guard check` expects.
@@ -129,6 +206,223 @@ struct RawConfig {
     redact: RawRedact,
     #[serde(default)]
     check: RawCheck,
+    #[serde(default)]
+    watch: RawWatch,
+    #[serde(default)]
+    alert: RawAlert,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWatch {
+    #[serde(default, with = "humantime_serde")]
+    interval: Option<Duration>,
+    failures: Option<u32>,
+    loop_restarts: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    loop_window: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    recover_after: Option<Duration>,
+    max_memory: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    rollback_within: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pm2_every: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUrl {
+    url: Option<String>,
+    url_env: Option<String>,
+    url_file: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde")]
+    every: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTelegram {
+    token: Option<String>,
+    token_env: Option<String>,
+    token_file: Option<PathBuf>,
+    chat_id: String,
+    api_url: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAlert {
+    #[serde(default)]
+    webhook: Vec<RawUrl>,
+    #[serde(default)]
+    slack: Vec<RawUrl>,
+    #[serde(default)]
+    telegram: Vec<RawTelegram>,
+    heartbeat: Option<RawUrl>,
+}
+
+/// Exactly one of a value, an env variable name or a file for a secret.
+fn secret(
+    key: &str,
+    value: &Option<String>,
+    env: &Option<String>,
+    file: &Option<PathBuf>,
+    base: &Path,
+) -> std::result::Result<Secret, String> {
+    match (value, env, file) {
+        (Some(v), None, None) if !v.trim().is_empty() => Ok(Secret::Inline(v.clone())),
+        (None, Some(e), None) if !e.trim().is_empty() => Ok(Secret::Env(e.clone())),
+        (None, None, Some(f)) => Ok(Secret::File(absolute_from(base, f))),
+        _ => Err(format!(
+            "{key} needs exactly one of {k}, {k}_env (an environment variable) or {k}_file",
+            k = if key.contains("telegram") {
+                "token"
+            } else {
+                "url"
+            }
+        )),
+    }
+}
+
+/// "512MB", "1.5GB", "300M", "1024" (bytes) as bytes.
+pub fn parse_bytes(text: &str) -> std::result::Result<u64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size like \"512MB\""))?;
+    let mult: f64 = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1.0,
+        "K" | "KB" | "KIB" => 1024.0,
+        "M" | "MB" | "MIB" => 1024.0 * 1024.0,
+        "G" | "GB" | "GIB" => 1024.0 * 1024.0 * 1024.0,
+        other => {
+            return Err(format!(
+                "{text:?}: unknown unit {other:?} (use KB, MB or GB)"
+            ));
+        }
+    };
+    let bytes = n * mult;
+    if !(1.0..=1e15).contains(&bytes) {
+        return Err(format!("{text:?} is out of range"));
+    }
+    Ok(bytes as u64)
+}
+
+fn resolve_watch(raw: &RawWatch) -> std::result::Result<WatchConfig, String> {
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+    let w = WatchConfig {
+        interval: raw.interval.unwrap_or(Duration::from_secs(5)),
+        failures: raw.failures.unwrap_or(3),
+        loop_restarts: raw.loop_restarts.unwrap_or(3),
+        loop_window: raw.loop_window.unwrap_or(Duration::from_secs(300)),
+        recover_after: raw.recover_after.unwrap_or(Duration::from_secs(30)),
+        max_memory: match &raw.max_memory {
+            Some(m) => Some(parse_bytes(m).map_err(|e| format!("watch.max_memory: {e}"))?),
+            None => None,
+        },
+        rollback_within: raw.rollback_within,
+        pm2_every: raw.pm2_every.unwrap_or(Duration::from_secs(60)),
+    };
+    for (key, value, min, max) in [
+        (
+            "watch.interval",
+            w.interval,
+            Duration::from_millis(100),
+            Duration::from_secs(3600),
+        ),
+        (
+            "watch.loop_window",
+            w.loop_window,
+            Duration::from_secs(1),
+            DAY,
+        ),
+        ("watch.recover_after", w.recover_after, Duration::ZERO, DAY),
+        (
+            "watch.rollback_within",
+            w.rollback_within.unwrap_or(Duration::from_secs(1)),
+            Duration::from_secs(1),
+            DAY,
+        ),
+        (
+            "watch.pm2_every",
+            w.pm2_every,
+            Duration::from_secs(2),
+            Duration::from_secs(3600),
+        ),
+    ] {
+        if value < min || value > max {
+            return Err(format!(
+                "{key} = {:?} is out of range ({} to {})",
+                humantime::format_duration(value).to_string(),
+                humantime::format_duration(min),
+                humantime::format_duration(max)
+            ));
+        }
+    }
+    if !(1..=1000).contains(&w.failures) || !(1..=1000).contains(&w.loop_restarts) {
+        return Err("watch.failures and watch.loop_restarts must be 1 to 1000".into());
+    }
+    Ok(w)
+}
+
+fn resolve_alert(raw: &RawAlert, base: &Path) -> std::result::Result<AlertConfig, String> {
+    let urls = |key: &str, list: &[RawUrl]| {
+        list.iter()
+            .map(|u| {
+                if u.every.is_some() {
+                    return Err(format!("{key}: `every` belongs to [alert.heartbeat]"));
+                }
+                secret(key, &u.url, &u.url_env, &u.url_file, base)
+            })
+            .collect::<std::result::Result<Vec<_>, String>>()
+    };
+    let telegram = raw
+        .telegram
+        .iter()
+        .map(|t| {
+            let api = t.api_url.as_deref().unwrap_or("https://api.telegram.org");
+            let api_url = reqwest::Url::parse(api)
+                .map_err(|e| format!("alert.telegram api_url {api:?}: {e}"))?;
+            if t.chat_id.trim().is_empty() {
+                return Err("alert.telegram chat_id must not be empty".to_string());
+            }
+            Ok(TelegramConfig {
+                token: secret(
+                    "alert.telegram",
+                    &t.token,
+                    &t.token_env,
+                    &t.token_file,
+                    base,
+                )?,
+                chat_id: t.chat_id.clone(),
+                api_url,
+            })
+        })
+        .collect::<std::result::Result<Vec<_>, String>>()?;
+    let heartbeat = match &raw.heartbeat {
+        Some(h) => {
+            let every = h.every.unwrap_or(Duration::from_secs(60));
+            if every < Duration::from_secs(1) || every > Duration::from_secs(24 * 3600) {
+                return Err("alert.heartbeat every must be 1s to 24h".into());
+            }
+            Some(HeartbeatConfig {
+                url: secret("alert.heartbeat", &h.url, &h.url_env, &h.url_file, base)?,
+                every,
+            })
+        }
+        None => None,
+    };
+    Ok(AlertConfig {
+        webhook: urls("alert.webhook", &raw.webhook)?,
+        slack: urls("alert.slack", &raw.slack)?,
+        telegram,
+        heartbeat,
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -482,7 +776,12 @@ fn resolve(raw: RawConfig, base: &Path, path: &Path) -> std::result::Result<Sett
         },
     };
 
+    let watch = resolve_watch(&raw.watch)?;
+    let alert = resolve_alert(&raw.alert, base)?;
+
     Ok(Settings {
+        watch,
+        alert,
         config_path: path.to_path_buf(),
         app: App {
             name,

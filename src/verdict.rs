@@ -80,6 +80,22 @@ pub enum Change {
     },
 }
 
+impl Change {
+    /// The PM2 id the change is about (0 for instances leaving the list).
+    pub fn instance(&self) -> u32 {
+        match self {
+            Change::Status { instance, .. }
+            | Change::Restarted { instance, .. }
+            | Change::NewPid { instance, .. }
+            | Change::RestartedAtStart { instance, .. }
+            | Change::Replaced { instance, .. }
+            | Change::PidGone { instance, .. }
+            | Change::Exited { instance, .. } => *instance,
+            Change::InstancesLeft { .. } => 0,
+        }
+    }
+}
+
 impl fmt::Display for Change {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

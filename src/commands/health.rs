@@ -59,6 +59,13 @@ struct HealthData<'a> {
     stable: bool,
     /// PM2's restart counters, summed over the instances.
     restarts: u64,
+    /// Crash restarts in the last `watch.loop_window` (from PM2's log); null if unreadable.
+    restarts_recent: Option<u64>,
+    /// That window, in seconds.
+    restarts_window_s: u64,
+    /// At least `watch.loop_restarts` crash restarts in the window: unhealthy even if a
+    /// probe answers.
+    crash_looping: bool,
     /// SENTRY_DSN set and SENTRY_ENABLED=true.
     sentry_enabled: bool,
     /// The fail-fast settings PM2 uses for the app (its defaults when unset).
@@ -181,8 +188,22 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &HealthArgs) -> Result<Done> {
         None => "backups    none".to_string(),
     });
 
+    let window = ctx.settings.watch.loop_window;
+    let since = jiff::Timestamp::now()
+        .checked_sub(jiff::SignedDuration::try_from(window).unwrap_or_default())
+        .unwrap_or_default();
+    let recent = crate::pm2log::crashes_since(pm2.home(), &ctx.settings.app.name, since);
+    let crash_looping = recent.is_some_and(|n| n >= u64::from(ctx.settings.watch.loop_restarts));
+    let total: u64 = instances.iter().map(|i| i.restarts).sum();
+    p.line(format!(
+        "restarts   {} crash restart(s) in the last {} (PM2's counter: {total}){}",
+        recent.map_or_else(|| "?".to_string(), |n| n.to_string()),
+        fmt_duration(window),
+        if crash_looping { "  CRASH LOOP" } else { "" }
+    ));
+
     let online = !instances.is_empty() && instances.iter().all(|i| i.status == "online");
-    let healthy = online && probe.outcome.passed();
+    let healthy = online && probe.outcome.passed() && !crash_looping;
 
     // The incident report's status block.
     let eco = ops::ecosystem_path(ctx).ok();
@@ -305,6 +326,9 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &HealthArgs) -> Result<Done> {
         status: word,
         stable,
         restarts,
+        restarts_recent: recent,
+        restarts_window_s: window.as_secs(),
+        crash_looping,
         sentry_enabled: sentry_on,
         pm2_config: Pm2Config {
             max_restarts,
@@ -313,7 +337,19 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &HealthArgs) -> Result<Done> {
         backups_ready: restorable.is_some(),
         newest_restorable: restorable.map(|l| l.id.as_str()),
     });
-    let summary = if healthy {
+    let summary = if crash_looping {
+        format!(
+            "crash loop: {} restarts in the last {} (PM2 status {}); {}",
+            recent.unwrap_or_default(),
+            fmt_duration(window),
+            instances
+                .iter()
+                .map(|i| i.status.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+            probe.outcome
+        )
+    } else if healthy {
         format!("{} instance(s) online, {}", instances.len(), probe.outcome)
     } else if !daemon {
         format!(

@@ -10,11 +10,12 @@ pub mod history;
 pub mod init;
 pub mod list;
 pub mod rollback;
+pub mod watch;
 
 use crate::audit;
 use crate::cli::{Cli, Command};
 use crate::exit::{ExitStatus, Happened, decide, status_of};
-use crate::ops::Ctx;
+use crate::ops::{self, Ctx};
 use crate::origin::Origin;
 use crate::output::Printer;
 use crate::redact::Redactor;
@@ -49,6 +50,7 @@ fn changes_things(cmd: &Command) -> bool {
         | Command::Incidents
         | Command::History(_)
         | Command::Check
+        | Command::Watch
         | Command::Init(_) => false,
     }
 }
@@ -114,11 +116,19 @@ pub async fn run(cli: Cli, printer: &mut Printer, cancel: Cancel) -> ExitStatus 
         Command::Incidents => list::run(&mut ctx).await,
         Command::History(a) => history::run(&mut ctx, a).await,
         Command::Check => check::run(&mut ctx).await,
+        Command::Watch => watch::run(&mut ctx).await,
         Command::Init(_) => unreachable!("init runs before the config is read"),
     };
     let (status, report) = match result {
         Ok(done) => {
             let status = decide(done.happened);
+            // Somebody must know: a deploy rolled back or a service left unverified is sent
+            // to the alert destinations before the verdict is printed.
+            if matches!(cli.command, Command::Deploy(_) | Command::Rollback(_))
+                && matches!(status, ExitStatus::RolledBack | ExitStatus::NeedsHuman)
+            {
+                ops::alert_outcome(&mut ctx, status, &done.summary).await;
+            }
             (status, ctx.printer.finish(status, &done.summary))
         }
         Err(e) => {

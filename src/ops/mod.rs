@@ -286,3 +286,59 @@ pub async fn save_evidence(
         }
     }
 }
+
+/// Send a deploy's or rollback's exit-3 or exit-4 outcome to every alert destination, with
+/// a few quick retries (the operator is waiting for the verdict); one step line says where it
+/// went. Skipped under `GUARD_NO_ALERT` (set by `guard watch` for the rollback it runs and
+/// reports itself).
+pub async fn alert_outcome(ctx: &mut Ctx<'_>, status: ExitStatus, summary: &str) {
+    if !ctx.settings.alert.any() || std::env::var_os("GUARD_NO_ALERT").is_some() {
+        return;
+    }
+    let t = Instant::now();
+    let mut redactor = ctx.printer.redactor().clone();
+    let alerter = match crate::alert::Alerter::new(&ctx.settings.alert, &mut redactor) {
+        Ok(a) => a,
+        Err(e) => {
+            ctx.printer.step(
+                "alert",
+                StepState::Warn,
+                t.elapsed(),
+                format!("not sent: {e:#}"),
+            );
+            return;
+        }
+    };
+    ctx.printer.set_redactor(redactor);
+    let command = ctx.printer.report().command;
+    let (event, severity) = match (command.as_str(), status) {
+        ("deploy", ExitStatus::RolledBack) => {
+            ("deploy_rolled_back", crate::alert::Severity::Warning)
+        }
+        ("deploy", _) => ("deploy_not_healthy", crate::alert::Severity::Critical),
+        (_, _) => ("rollback_not_healthy", crate::alert::Severity::Critical),
+    };
+    let message = ctx.printer.redactor().redact(&format!(
+        "guard {command} exit {}: {summary}",
+        status.code()
+    ));
+    let mut alert = crate::alert::Alert::new(&ctx.settings.app.name, event, severity, message);
+    alert.incident = ctx.printer.report().incident;
+    let failed = alerter.deliver(&alert, &crate::alert::Retry::short()).await;
+    let names = alerter.names().join(", ");
+    if failed.is_empty() {
+        ctx.printer.step(
+            "alert",
+            StepState::Ok,
+            t.elapsed(),
+            format!("{event} sent to {names}"),
+        );
+    } else {
+        ctx.printer.step(
+            "alert",
+            StepState::Warn,
+            t.elapsed(),
+            format!("{event} NOT delivered: {}", failed.join("; ")),
+        );
+    }
+}

@@ -13,3 +13,4 @@ mod inputs;
 mod snapshots;
 mod trust;
 mod verification;
+mod watching;

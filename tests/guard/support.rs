@@ -82,7 +82,7 @@ pub struct Run {
 }
 
 impl Run {
-    fn from(out: Output, took: Duration) -> Run {
+    pub fn of(out: Output, took: Duration) -> Run {
         Run {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -248,24 +248,28 @@ impl App {
             .stdin(Stdio::null())
             .output()
             .unwrap();
-        Run::from(out, t.elapsed())
+        Run::of(out, t.elapsed())
     }
 
     /// Run guard to completion.
     pub fn guard(&self, args: &[&str]) -> Run {
         let t = Instant::now();
         let out = self.guard_cmd(args).stdin(Stdio::null()).output().unwrap();
-        Run::from(out, t.elapsed())
+        Run::of(out, t.elapsed())
     }
 
     /// Start guard in the background, in its own process group (as a shell job would be), with
     /// output to files so a killed guard's children cannot hold a pipe open.
     pub fn spawn_guard(&self, args: &[&str]) -> Bg {
+        self.spawn(self.guard_cmd(args))
+    }
+
+    /// Start this guard command in the background (see `spawn_guard`).
+    pub fn spawn(&self, mut cmd: Command) -> Bg {
         use std::os::unix::process::CommandExt;
         let out = tempfile::NamedTempFile::new().unwrap();
         let err = tempfile::NamedTempFile::new().unwrap();
-        let child = self
-            .guard_cmd(args)
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(out.reopen().unwrap())
             .stderr(err.reopen().unwrap())
@@ -632,4 +636,131 @@ pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(50));
     }
     f()
+}
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    pub path: String,
+    pub body: String,
+    /// The status it was answered with.
+    pub status: u16,
+    pub at: Instant,
+}
+
+/// A real HTTP receiver on 127.0.0.1 standing in for the alert destinations (a webhook
+/// endpoint, Slack, Telegram's Bot API, a heartbeat service), which cannot be reached from
+/// here. It records every request, and answers 500 to the first `fail_first` POSTs.
+pub struct Receiver {
+    pub port: u16,
+    log: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+}
+
+impl Receiver {
+    pub fn start(fail_first: usize) -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let fails = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(fail_first));
+        let l = log.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(s) = stream else { continue };
+                let (l, fails) = (l.clone(), fails.clone());
+                std::thread::spawn(move || serve_requests(s, &l, &fails));
+            }
+        });
+        Receiver { port, log }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn requests(&self) -> Vec<Received> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// The JSON bodies POSTed to `path` and answered 2xx, in order.
+    pub fn delivered(&self, path: &str) -> Vec<serde_json::Value> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.method == "POST" && r.path == path && r.status < 300)
+            .map(|r| serde_json::from_str(&r.body).unwrap())
+            .collect()
+    }
+
+    /// The delivered webhook alerts whose `event` is `event`.
+    pub fn events(&self, path: &str, event: &str) -> Vec<serde_json::Value> {
+        self.delivered(path)
+            .into_iter()
+            .filter(|b| b["event"] == event)
+            .collect()
+    }
+}
+
+/// Serve HTTP/1.1 requests on one connection (keep-alive) until it closes.
+fn serve_requests(
+    s: TcpStream,
+    log: &std::sync::Mutex<Vec<Received>>,
+    fails: &std::sync::atomic::AtomicUsize,
+) {
+    use std::io::BufRead;
+    let mut reader = std::io::BufReader::new(s.try_clone().unwrap());
+    let mut w = s;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = line.split_whitespace();
+        let method = parts.next().unwrap_or("").to_string();
+        let path = parts.next().unwrap_or("").to_string();
+        let mut len = 0usize;
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            if h == "\r\n" || h == "\n" {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                len = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0u8; len];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let fail = method == "POST"
+            && fails
+                .fetch_update(
+                    std::sync::atomic::Ordering::SeqCst,
+                    std::sync::atomic::Ordering::SeqCst,
+                    |n| n.checked_sub(1),
+                )
+                .is_ok();
+        let status = if fail { 500 } else { 200 };
+        log.lock().unwrap().push(Received {
+            method,
+            path,
+            body: String::from_utf8_lossy(&body).into_owned(),
+            status,
+            at: Instant::now(),
+        });
+        let text = if fail { "error" } else { "ok" };
+        if write!(
+            w,
+            "HTTP/1.1 {status} X\r\ncontent-length: {}\r\ncontent-type: text/plain\r\n\r\n{text}",
+            text.len()
+        )
+        .is_err()
+        {
+            return;
+        }
+    }
 }

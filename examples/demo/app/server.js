@@ -26,7 +26,9 @@ const server = http.createServer((req, res) => {
     res.writeHead(404);
     return res.end('not found\n');
   }
-  if (mode === 'health-500') {
+  // A file named health.fail makes /health answer 500 while the process keeps running: how
+  // the tests and the demo stand for a dependency outage (a database down).
+  if (mode === 'health-500' || fs.existsSync(path.join(__dirname, 'health.fail'))) {
     res.writeHead(500, { 'content-type': 'application/json' });
     return res.end(JSON.stringify({ status: 'error', version: release.version }) + '\n');
   }

@@ -1,0 +1,67 @@
+//! `guard watch`: watch the app after deploys end, report events, alert, and roll a failing
+//! recent deploy back. Runs in the foreground until SIGTERM/SIGINT (for systemd).
+
+use anyhow::Result;
+
+use super::Done;
+use crate::alert::{Alerter, Heartbeat, Retry};
+use crate::exit::{Happened, usage};
+use crate::monitor::driver::Watcher;
+use crate::ops::Ctx;
+use crate::output::fmt_duration;
+use crate::sdnotify::Notifier;
+
+/// `guard watch`.
+pub async fn run(ctx: &mut Ctx<'_>) -> Result<Done> {
+    let tools = ctx.tools()?;
+    // A destination whose token cannot be read is a config error: a watcher that cannot
+    // alert must not look like one that can.
+    let mut redactor = ctx.printer.redactor().clone();
+    let alerter =
+        Alerter::new(&ctx.settings.alert, &mut redactor).map_err(|e| usage(format!("{e:#}")))?;
+    let heartbeat =
+        Heartbeat::new(&ctx.settings.alert, &mut redactor).map_err(|e| usage(format!("{e:#}")))?;
+    ctx.printer.set_redactor(redactor);
+    let w = &ctx.settings.watch;
+    let dests = if alerter.is_empty() {
+        "no alert destinations (events are printed only)".to_string()
+    } else {
+        format!("alerts to {}", alerter.names().join(", "))
+    };
+    ctx.printer.line(format!(
+        "watching {} (PM2_HOME {}): probe every {}, crash loop at {} restarts within {}, {dests}{}{}",
+        ctx.settings.app.name,
+        tools.pm2.home().display(),
+        fmt_duration(w.interval),
+        w.loop_restarts,
+        fmt_duration(w.loop_window),
+        heartbeat
+            .as_ref()
+            .map(|h| format!(", heartbeat every {}", fmt_duration(h.every)))
+            .unwrap_or_default(),
+        w.rollback_within
+            .map(|r| format!(", rolls back a deploy failing within {}", fmt_duration(r)))
+            .unwrap_or_default(),
+    ));
+    let queues = (!alerter.is_empty()).then(|| alerter.spawn_queues(Retry::watch()));
+    let printer = &*ctx.printer;
+    let mut show = |a: &crate::alert::Alert| printer.event(a);
+    let watcher = Watcher {
+        settings: &ctx.settings,
+        pm2: tools.pm2,
+        prober: tools.prober,
+        queues,
+        heartbeat,
+        cancel: ctx.cancel.clone(),
+        show: &mut show,
+    };
+    let summary = watcher.run(Notifier::from_env()).await?;
+    let text = format!(
+        "stopped after {}: {} event(s), {} automatic rollback(s)",
+        fmt_duration(std::time::Duration::from_secs_f64(summary.watched_s)),
+        summary.events,
+        summary.rollbacks
+    );
+    ctx.printer.set_data(&summary);
+    Ok(Done::new(Happened::Done, text))
+}

@@ -1,0 +1,362 @@
+//! The long-running loop of `guard watch`: PM2's pid files read every 250 ms (a crash is
+//! seen within that), the health probe every `watch.interval`, memory and artifacts with it,
+//! PM2's list only every `watch.pm2_every` (every 2 s while a crash episode is open), and
+//! nothing at all while a guard run holds the app's lock. Events go to the printer and to the
+//! alert queues; an automatic rollback runs `guard rollback` as a child process.
+
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use tokio::time::Instant;
+
+use super::{Event, Limits, Monitor};
+use crate::alert::{Alert, Heartbeat, Queues, Severity};
+use crate::audit;
+use crate::clean;
+use crate::lock;
+use crate::pm2::{Instance, Pm2};
+use crate::probe::{Probe, Prober};
+use crate::runner;
+use crate::sdnotify::Notifier;
+use crate::settings::Settings;
+use crate::signals::Cancel;
+use crate::watch::Watched;
+
+const TICK: Duration = Duration::from_millis(250);
+const PM2_EVERY_IN_EPISODE: Duration = Duration::from_secs(2);
+
+/// What the loop needs.
+pub struct Watcher<'a> {
+    /// Settings (watch rules, app, backup.dir for the lock and audit log).
+    pub settings: &'a Settings,
+    /// PM2.
+    pub pm2: Pm2,
+    /// The health probe.
+    pub prober: Prober,
+    /// Alert delivery, when destinations are configured.
+    pub queues: Option<Queues>,
+    /// The heartbeat ping.
+    pub heartbeat: Option<Heartbeat>,
+    /// Stop signal.
+    pub cancel: Cancel,
+    /// Shows an event (stdout or JSON lines).
+    pub show: &'a mut dyn FnMut(&Alert),
+}
+
+/// How a watch ended.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Summary {
+    /// Events reported.
+    pub events: u64,
+    /// Automatic rollbacks run.
+    pub rollbacks: u64,
+    /// How long it watched, in seconds.
+    pub watched_s: f64,
+}
+
+/// The deploy an automatic rollback would undo: its pre-deploy incident and when it ended.
+#[derive(Debug, Clone)]
+struct Target {
+    incident: String,
+    at: jiff::Timestamp,
+}
+
+/// The newest audit entry, if it is a successful deploy of this app with an incident.
+fn last_good_deploy(settings: &Settings) -> Option<Target> {
+    let newest = audit::read(&settings.backup.dir, 1).ok()?.pop()?;
+    if newest.app.as_deref() != Some(settings.app.name.as_str())
+        || !newest.is_deploy()
+        || newest.exit_code != 0
+    {
+        return None;
+    }
+    Some(Target {
+        incident: newest.incident?,
+        at: newest.time.parse().ok()?,
+    })
+}
+
+/// PM2's list of the app, without ever starting a PM2 daemon that is not running (any pm2
+/// call would): a dead daemon is an empty list.
+async fn instances(pm2: &Pm2) -> Result<Vec<Instance>> {
+    if !pm2.daemon_running() {
+        return Ok(Vec::new());
+    }
+    pm2.instances().await
+}
+
+fn watched_of(list: &[Instance]) -> Vec<Watched> {
+    list.iter()
+        .map(|i| Watched {
+            pm_id: i.pm_id,
+            pid: i.pid,
+            pid_path: i.pid_path.clone(),
+            restarts: i.restarts,
+        })
+        .collect()
+}
+
+/// Resident memory of one process, from /proc (no process table scan).
+fn rss_bytes(pid: u32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf only reads a system constant.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).unwrap_or(4096))
+}
+
+async fn probe_after(prober: Prober, wait: Duration) -> Probe {
+    tokio::time::sleep(wait).await;
+    prober.probe().await
+}
+
+impl Watcher<'_> {
+    fn alert_of(&self, ev: &Event, incident: Option<&str>) -> Alert {
+        let mut a = Alert::new(
+            &self.settings.app.name,
+            ev.name(),
+            ev.severity(),
+            ev.message(),
+        );
+        a.count = ev.count();
+        a.resolves = ev.resolves().map(str::to_string);
+        // The incident an on-call person would go back to, while a deploy is recent.
+        if ev.severity() != Severity::Info {
+            a.incident = incident.map(str::to_string);
+        }
+        a
+    }
+
+    fn report(&mut self, alert: &Alert, summary: &mut Summary) {
+        summary.events += 1;
+        (self.show)(alert);
+        if let Some(q) = &self.queues {
+            q.send(alert);
+        }
+    }
+
+    /// Watch until SIGINT/SIGTERM.
+    pub async fn run(mut self, mut notifier: Option<Notifier>) -> Result<Summary> {
+        let t0 = Instant::now();
+        let w = &self.settings.watch;
+        let mut monitor = Monitor::new(Limits {
+            failures: w.failures,
+            loop_restarts: w.loop_restarts,
+            loop_window: w.loop_window,
+            recover_after: w.recover_after,
+            max_memory: w.max_memory,
+        });
+        let (interval, pm2_every, rollback_within) = (w.interval, w.pm2_every, w.rollback_within);
+        let backup_dir: PathBuf = self.settings.backup.dir.clone();
+        let app = self.settings.app.name.clone();
+        let mut summary = Summary::default();
+
+        let mut paused = lock::held_by_live_run(&backup_dir, &app);
+        let mut watched: Vec<Watched> = Vec::new();
+        let mut target: Option<Target> = None;
+        let mut next_jlist = Instant::now();
+        if !paused {
+            let list = instances(&self.pm2).await?;
+            monitor.baseline(&list, t0.elapsed());
+            watched = watched_of(&list);
+            target = last_good_deploy(self.settings);
+            next_jlist = Instant::now() + pm2_every;
+        }
+        if let Some(n) = &notifier {
+            n.send("READY=1");
+        }
+        let heartbeat = self.heartbeat.take().map(Arc::new);
+        let mut beat = tokio::time::interval(
+            heartbeat
+                .as_ref()
+                .map_or(Duration::from_secs(3600), |h| h.every),
+        );
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut slow = tokio::time::interval(interval);
+        slow.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut probe_fut: Pin<Box<dyn Future<Output = Probe>>> =
+            Box::pin(probe_after(self.prober.clone(), Duration::ZERO));
+
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => break,
+                _ = beat.tick() => {
+                    if let Some(h) = &heartbeat {
+                        let h = h.clone();
+                        tokio::spawn(async move { h.beat().await });
+                    }
+                }
+                probe = &mut probe_fut => {
+                    let started = Instant::now() - probe.latency;
+                    if !paused {
+                        tracing::debug!(outcome = %probe.outcome, "probe");
+                        monitor.on_probe(&probe.outcome, t0.elapsed());
+                    }
+                    probe_fut = Box::pin(probe_after(
+                        self.prober.clone(),
+                        interval.saturating_sub(started.elapsed()),
+                    ));
+                }
+                _ = slow.tick() => {
+                    if !paused {
+                        let now = t0.elapsed();
+                        for (id, pid) in monitor.pids().collect::<Vec<_>>() {
+                            if let Some(b) = rss_bytes(pid) {
+                                monitor.on_memory(id, b, now);
+                            }
+                        }
+                        match clean::find(self.settings, clean::Scope::Artifacts) {
+                            Ok(found) => monitor
+                                .on_artifacts(found.iter().map(ToString::to_string).collect(), now),
+                            Err(e) => tracing::warn!("looking for artifacts: {e:#}"),
+                        }
+                    }
+                }
+                _ = tick.tick() => {
+                    if let Some(n) = notifier.as_mut() {
+                        n.alive();
+                    }
+                    if lock::held_by_live_run(&backup_dir, &app) {
+                        if !paused {
+                            paused = true;
+                            tracing::info!("a guard run holds the lock of {app}: quiet until it ends");
+                        }
+                        continue;
+                    }
+                    if paused {
+                        // A deploy or rollback just ended: what runs now is the new normal.
+                        paused = false;
+                        let list = instances(&self.pm2).await?;
+                        monitor.baseline(&list, t0.elapsed());
+                        watched = watched_of(&list);
+                        target = last_good_deploy(self.settings);
+                        next_jlist = Instant::now() + pm2_every;
+                    } else if let Some(change) = crate::verify::pid_change(watched.iter()) {
+                        // Read again: a run that took the lock a moment ago explains the change.
+                        if lock::held_by_live_run(&backup_dir, &app) {
+                            continue;
+                        }
+                        monitor.on_pid_change(&change, t0.elapsed());
+                        for w in watched.iter_mut().filter(|w| w.pm_id == change.instance()) {
+                            w.pid = None;
+                        }
+                        next_jlist = next_jlist.min(Instant::now());
+                    }
+                    if Instant::now() >= next_jlist {
+                        let list = instances(&self.pm2).await?;
+                        if lock::held_by_live_run(&backup_dir, &app) {
+                            continue;
+                        }
+                        monitor.on_instances(&list, t0.elapsed());
+                        watched = watched_of(&list);
+                        let every = if monitor.crashing() { PM2_EVERY_IN_EPISODE } else { pm2_every };
+                        next_jlist = Instant::now() + every;
+                    }
+                    monitor.on_tick(t0.elapsed());
+                }
+            }
+            let incident = target.as_ref().map(|t| t.incident.clone());
+            for ev in monitor.take_events() {
+                let alert = self.alert_of(&ev, incident.as_deref());
+                self.report(&alert, &mut summary);
+            }
+            if let (Some(within), Some(t)) = (rollback_within, &target)
+                && monitor.wants_rollback()
+            {
+                let age = jiff::Timestamp::now().duration_since(t.at);
+                let age = Duration::try_from(age).unwrap_or_default();
+                let t = t.clone();
+                // One attempt per deploy, whatever it comes to.
+                target = None;
+                if age <= within {
+                    self.roll_back(&t, age, &mut summary).await;
+                    summary.rollbacks += 1;
+                    monitor.rolled_back();
+                    let list = instances(&self.pm2).await?;
+                    monitor.baseline(&list, t0.elapsed());
+                    watched = watched_of(&list);
+                    next_jlist = Instant::now() + pm2_every;
+                    for ev in monitor.take_events() {
+                        let alert = self.alert_of(&ev, None);
+                        self.report(&alert, &mut summary);
+                    }
+                }
+            }
+        }
+        if let Some(n) = &notifier {
+            n.send("STOPPING=1");
+        }
+        if let Some(q) = self.queues.take() {
+            q.drain(Duration::from_secs(5)).await;
+        }
+        summary.watched_s = t0.elapsed().as_secs_f64();
+        Ok(summary)
+    }
+
+    /// Run `guard rollback <incident>` as an operator would (its own lock, verification,
+    /// record and exit code), and report how it ended. It is not interrupted by a stop signal:
+    /// a rollback stopped half-way is worse than a watcher that stops late.
+    async fn roll_back(&mut self, t: &Target, age: Duration, summary: &mut Summary) {
+        let app = self.settings.app.name.clone();
+        let mut start = Alert::new(
+            &app,
+            "auto_rollback",
+            Severity::Critical,
+            format!(
+                "rolling back to incident {} automatically: the deploy {} ago is failing",
+                t.incident,
+                humantime::format_duration(Duration::from_secs(age.as_secs()))
+            ),
+        );
+        start.incident = Some(t.incident.clone());
+        (self.show)(&start);
+        summary.events += 1;
+        let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("guard"));
+        let config = self.settings.config_path.to_string_lossy().to_string();
+        let args = ["--config", &config, "--json", "rollback", &t.incident];
+        let shown = runner::display(&exe.to_string_lossy(), &args);
+        let mut cmd = tokio::process::Command::new(&exe);
+        // The rollback's own outcome alert would repeat the one sent here.
+        cmd.args(args).env("GUARD_NO_ALERT", "1");
+        let out = runner::run(cmd, &shown, Duration::from_secs(30 * 60), None).await;
+        let (code, reason) = match &out {
+            Ok(o) => {
+                let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+                (
+                    o.code,
+                    doc["reason"].as_str().unwrap_or_default().to_string(),
+                )
+            }
+            Err(e) => (None, format!("{e:#}")),
+        };
+        let mut done = if code == Some(0) {
+            Alert::new(
+                &app,
+                "rolled_back",
+                Severity::Warning,
+                format!(
+                    "rolled back automatically to incident {}; the previous version is verified healthy: {reason}",
+                    t.incident
+                ),
+            )
+        } else {
+            Alert::new(
+                &app,
+                "rollback_failed",
+                Severity::Critical,
+                format!(
+                    "automatic rollback to incident {} did NOT verify healthy (exit {}): a human must act: {reason}",
+                    t.incident,
+                    code.map_or_else(|| "none".to_string(), |c| c.to_string())
+                ),
+            )
+        };
+        done.incident = Some(t.incident.clone());
+        self.report(&done, summary);
+    }
+}

@@ -1,0 +1,335 @@
+//! `guard watch` and alerts: the built binary watching the demo app under a real PM2 daemon,
+//! alerts POSTed over real HTTP to a receiver on 127.0.0.1 (standing in for the webhook,
+//! Slack, Telegram and heartbeat services, which cannot be reached from here).
+
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+/// Watch settings with short windows, and every destination pointed at `rx`.
+fn watch_config(rx: &Receiver, extra_watch: &str) -> String {
+    format!(
+        r#"
+[watch]
+interval = "200ms"
+failures = 3
+loop_restarts = 3
+loop_window = "60s"
+recover_after = "1s"
+pm2_every = "2s"
+{extra_watch}
+
+[[alert.webhook]]
+url = "{hook}"
+
+[[alert.slack]]
+url_env = "TEST_SLACK_URL"
+
+[[alert.telegram]]
+token_env = "TEST_TG_TOKEN"
+chat_id = "-1001"
+api_url = "{tg}"
+
+[alert.heartbeat]
+url = "{beat}"
+every = "1s"
+"#,
+        hook = rx.url("/hook"),
+        tg = rx.url("/tg/"),
+        beat = rx.url("/beat"),
+    )
+}
+
+const TG_TOKEN: &str = "123456:TEST-bot-token-Zz";
+
+/// guard with the destinations' secrets in its environment, as systemd's EnvironmentFile
+/// would give them.
+fn guard_cmd(app: &App, rx: &Receiver, args: &[&str]) -> std::process::Command {
+    let mut cmd = app.guard_cmd(args);
+    cmd.env("TEST_SLACK_URL", rx.url("/slack/T0/B0/slacksecret"))
+        .env("TEST_TG_TOKEN", TG_TOKEN)
+        .stdin(std::process::Stdio::null());
+    cmd
+}
+
+fn spawn_watch(app: &App, rx: &Receiver) -> Bg {
+    app.spawn(guard_cmd(app, rx, &["watch"]))
+}
+
+fn guard_env(app: &App, rx: &Receiver, args: &[&str]) -> Run {
+    let t = Instant::now();
+    let out = guard_cmd(app, rx, args).output().unwrap();
+    Run::of(out, t.elapsed())
+}
+
+fn stop(bg: Bg) -> Run {
+    bg.signal(libc::SIGTERM);
+    bg.finish(Duration::from_secs(15))
+}
+
+/// No secret of the app's env file, and no destination token, in anything sent.
+fn assert_no_secret(rx: &Receiver) {
+    for r in rx.requests() {
+        for secret in [SECRET_DSN, "hunter2-the-sequel", TG_TOKEN, "slacksecret"] {
+            assert!(
+                !r.body.contains(secret),
+                "{secret} sent to {}: {}",
+                r.path,
+                r.body
+            );
+        }
+    }
+}
+
+#[test]
+fn a_killed_process_is_one_crash_alert_everywhere_then_recovered_and_a_deploy_is_not_a_crash() {
+    let app = App::new();
+    app.start_v1();
+    let rx = Receiver::start(0);
+    app.write_config(&watch_config(&rx, ""));
+    let watch = spawn_watch(&app, &rx);
+    assert!(
+        wait_until(Duration::from_secs(10), || rx
+            .requests()
+            .iter()
+            .filter(|r| r.path == "/beat")
+            .count()
+            >= 2),
+        "no heartbeat: {:?}",
+        rx.requests()
+    );
+
+    // A guard deploy restarts the app: that is not a crash.
+    app.release("v2", "good");
+    app.guard(&["deploy"]).expect(0);
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(
+        rx.delivered("/hook").is_empty(),
+        "{:?}",
+        rx.delivered("/hook")
+    );
+
+    let pid = app.processes()[0].0 as i32;
+    // SAFETY: kill(2) on the app's process, which this test started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert!(
+        wait_until(Duration::from_secs(5), || !rx
+            .events("/hook", "crash")
+            .is_empty()),
+        "no crash alert"
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || !rx
+            .events("/hook", "recovered")
+            .is_empty()),
+        "no recovered alert: {:?}",
+        rx.delivered("/hook")
+    );
+    let crash = &rx.events("/hook", "crash")[0];
+    for key in ["app", "host", "event", "severity", "message", "at"] {
+        assert!(crash.get(key).is_some(), "{key} missing: {crash}");
+    }
+    assert_eq!(crash["app"], app.name);
+    assert!(
+        crash["at"]
+            .as_str()
+            .unwrap()
+            .parse::<jiff::Timestamp>()
+            .is_ok()
+    );
+    let recovered = &rx.events("/hook", "recovered")[0];
+    assert_eq!(recovered["resolves"], "crash");
+    assert_eq!(
+        rx.events("/hook", "crash").len(),
+        1,
+        "{:?}",
+        rx.delivered("/hook")
+    );
+
+    // The same two alerts went to Slack and Telegram, in their formats.
+    let slack = rx.delivered("/slack/T0/B0/slacksecret");
+    assert_eq!(slack.len(), 2, "{slack:?}");
+    assert!(
+        slack[0]["text"].as_str().unwrap().contains("crash"),
+        "{slack:?}"
+    );
+    let tg = rx.delivered(&format!("/tg/bot{TG_TOKEN}/sendMessage"));
+    assert_eq!(tg.len(), 2, "{tg:?}");
+    assert_eq!(tg[0]["chat_id"], "-1001");
+    assert_no_secret(&rx);
+
+    let run = stop(watch);
+    run.expect(0);
+    assert!(run.stdout.contains("crash"), "{}", run.stdout);
+    // The heartbeat stops with the watcher.
+    let beats = || rx.requests().iter().filter(|r| r.path == "/beat").count();
+    let after_stop = beats();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(beats(), after_stop, "heartbeats after the watcher stopped");
+}
+
+#[test]
+fn a_release_that_crash_loops_after_its_deploy_is_one_loop_alert_and_is_rolled_back() {
+    let app = App::new();
+    app.start_v1();
+    let rx = Receiver::start(0);
+    // PM2 gives up after 2 restarts of this release (max_restarts 3 counts the first start).
+    app.write_config(
+        &watch_config(&rx, r#"rollback_within = "5m""#)
+            .replace("loop_restarts = 3", "loop_restarts = 2")
+            .replace(r#"recover_after = "1s""#, r#"recover_after = "5s""#),
+    );
+    let watch = spawn_watch(&app, &rx);
+    assert!(wait_until(Duration::from_secs(10), || !rx
+        .requests()
+        .is_empty()));
+
+    // Passes the deploy's 1 s stable window, then crashes every 2.5 s under PM2's restarts.
+    app.release_json(
+        r#"{ "version": "v2", "mode": "crash-later", "crash_after_ms": 2500 }"#,
+        "v2 crashes later",
+    );
+    let deploy = app.guard(&["--json", "deploy"]);
+    deploy.expect(0);
+    let incident = deploy.json()["incident"].as_str().unwrap().to_string();
+
+    assert!(
+        wait_until(Duration::from_secs(40), || !rx
+            .events("/hook", "rolled_back")
+            .is_empty()),
+        "no automatic rollback: {:?}",
+        rx.delivered("/hook")
+    );
+    let hook = rx.delivered("/hook");
+    let count = |e: &str| hook.iter().filter(|b| b["event"] == e).count();
+    assert_eq!(count("crash"), 1, "{hook:?}");
+    assert_eq!(count("crash_loop"), 1, "{hook:?}");
+    let looped = &rx.events("/hook", "crash_loop")[0];
+    assert!(looped["count"].as_u64().unwrap() >= 2, "{looped}");
+    assert_eq!(looped["severity"], "critical");
+    let rolled = &rx.events("/hook", "rolled_back")[0];
+    assert_eq!(rolled["incident"], incident.as_str(), "{rolled}");
+    assert_eq!(app.version().as_deref(), Some("v1"));
+    assert_no_secret(&rx);
+
+    // The rollback ran as `guard rollback` does: recorded, with the lock released.
+    let history = app.guard(&["--json", "history"]);
+    assert!(history.stdout.contains("rollback"), "{}", history.stdout);
+    // What runs now is not crash-looping.
+    app.guard(&["health"]).expect(0);
+    stop(watch).expect(0);
+}
+
+#[test]
+fn a_failing_health_check_alerts_after_n_failures_retries_a_failing_receiver_and_recovers() {
+    let app = App::new();
+    app.start_v1();
+    // The receiver answers 500 to the first POST: the alert must still arrive, once.
+    let rx = Receiver::start(1);
+    app.write_config(&watch_config(&rx, ""));
+    let watch = spawn_watch(&app, &rx);
+    assert!(wait_until(Duration::from_secs(10), || !rx
+        .requests()
+        .is_empty()));
+
+    std::fs::write(app.dir.join("health.fail"), "db down\n").unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || !rx
+            .events("/hook", "health_failing")
+            .is_empty()),
+        "no health alert: {:?}",
+        rx.requests()
+    );
+    let alert = &rx.events("/hook", "health_failing")[0];
+    assert_eq!(alert["count"], 3, "{alert}");
+    std::fs::remove_file(app.dir.join("health.fail")).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || !rx
+            .events("/hook", "recovered")
+            .is_empty()),
+        "no recovered: {:?}",
+        rx.delivered("/hook")
+    );
+    assert_eq!(rx.events("/hook", "health_failing").len(), 1);
+    // The one 500 was retried: some destination got the same alert twice, answered once.
+    let failed: Vec<_> = rx
+        .requests()
+        .into_iter()
+        .filter(|r| r.status == 500)
+        .collect();
+    assert_eq!(failed.len(), 1);
+    let retried = rx
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == failed[0].path && r.body == failed[0].body && r.status == 200)
+        .count();
+    assert_eq!(retried, 1, "the failed delivery was not retried once");
+
+    // A deploy that fails and rolls back is alerted by the deploy itself.
+    app.release("v2", "crash-at-start");
+    let deploy = guard_env(&app, &rx, &["--json", "deploy"]);
+    deploy.expect(3);
+    let sent = rx.events("/hook", "deploy_rolled_back");
+    assert_eq!(sent.len(), 1, "{:?}", rx.delivered("/hook"));
+    assert_eq!(sent[0]["incident"], deploy.json()["incident"]);
+    assert!(
+        deploy.json()["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == "alert" && s["state"] == "ok"),
+        "{}",
+        deploy.stdout
+    );
+    assert_no_secret(&rx);
+    stop(watch).expect(0);
+}
+
+#[test]
+fn health_says_crash_loop_while_a_probe_still_answers() {
+    let app = App::new();
+    app.write_config("\n[watch]\nloop_restarts = 2\nloop_window = \"5m\"\n");
+    app.release_json(
+        r#"{ "version": "v1", "mode": "crash-later", "crash_after_ms": 1500 }"#,
+        "crashes after 1.5 s",
+    );
+    git(&app.dir, &["pull", "-q", "--ff-only"]);
+    let eco = app.dir.join("ecosystem.config.js");
+    assert!(app.pm2(&["start", eco.to_str().unwrap()]).status.success());
+    // Two crash restarts, and the third process answering between crashes.
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            let p = app.processes();
+            p.first().is_some_and(|p| p.2 >= 2 && p.1 == "online") && app.version().is_some()
+        }),
+        "{:?}",
+        app.processes()
+    );
+    let run = app.guard(&["--json", "health"]);
+    run.expect(1);
+    let data = &run.json()["data"];
+    assert_eq!(data["crash_looping"], true, "{data}");
+    assert!(data["restarts_recent"].as_u64().unwrap() >= 2, "{data}");
+    assert!(
+        run.json()["reason"]
+            .as_str()
+            .unwrap()
+            .contains("crash loop")
+    );
+}
+
+#[test]
+fn watch_refuses_an_alert_token_it_cannot_read_naming_it() {
+    let app = App::new();
+    app.write_config("\n[[alert.slack]]\nurl_env = \"GUARD_TEST_NO_SUCH_VAR\"\n");
+    let run = app.guard(&["watch"]);
+    run.expect(2);
+    assert!(
+        run.stderr.contains("GUARD_TEST_NO_SUCH_VAR"),
+        "{}",
+        run.stderr
+    );
+    let run = app.guard(&["--json", "watch"]);
+    run.expect(2);
+    assert_eq!(run.json()["exit_code"], 2);
+}
