@@ -245,9 +245,9 @@ impl Watcher<'_> {
                         for w in watched.iter_mut().filter(|w| w.pm_id == change.instance()) {
                             w.pid = None;
                         }
-                        next_jlist = next_jlist.min(Instant::now());
-                    }
-                    if Instant::now() >= next_jlist {
+                        // PM2's list (a Node start) on the next tick: the crash goes out now.
+                        next_jlist = next_jlist.min(Instant::now() + TICK);
+                    } else if Instant::now() >= next_jlist {
                         let list = instances(&self.pm2).await?;
                         if lock::held_by_live_run(&backup_dir, &app) {
                             continue;

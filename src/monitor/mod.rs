@@ -79,7 +79,7 @@ pub enum Event {
         instance: Option<u32>,
         /// PM2's status (`errored`, `stopped`), or `not running`.
         status: String,
-        /// Restarts seen in this episode.
+        /// PM2's restart counter of that instance.
         restarts: u64,
     },
     /// The health probe failed this many times in a row.
@@ -344,15 +344,14 @@ impl Monitor {
 
     fn check_down(&mut self, instances: &[Instance], now: Duration) {
         let down = if instances.is_empty() {
-            Some((None, "not running".to_string()))
+            Some((None, "not running".to_string(), 0))
         } else {
             instances
                 .iter()
                 .find(|i| !is_up(&i.status))
-                .map(|i| (Some(i.pm_id), i.status.clone()))
+                .map(|i| (Some(i.pm_id), i.status.clone(), i.restarts))
         };
-        if let Some((instance, status)) = down {
-            let restarts = self.recent(now);
+        if let Some((instance, status, restarts)) = down {
             let ep = self.episode(now);
             if !ep.gave_up {
                 ep.gave_up = true;
