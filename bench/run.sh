@@ -4,6 +4,8 @@
 #   bench/run.sh verdicts   the incident report's manual procedure vs `guard deploy`, five releases
 #   bench/run.sh tree       whole-tree snapshots and restores on a 27,000-file, 500 MB tree,
 #                           vs `cp -a` and Capistrano-style release folders
+#   bench/run.sh strategies restart vs preflight vs reload: failed requests of a 50 ms poller
+#                           through deploys of a good, a crashing and a failing release
 #   bench/run.sh watch      guard watch: crash and health-failure alert latency vs a 2-minute
 #                           uptime monitor; CPU and RSS over BENCH_WATCH_SECONDS (600) vs a
 #                           `pm2 jlist` loop
@@ -14,4 +16,5 @@ npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
 what=${1:-all}
 if [ "$what" = all ] || [ "$what" = verdicts ]; then node bench/verdicts.mjs; fi
 if [ "$what" = all ] || [ "$what" = tree ]; then node bench/tree.mjs; fi
+if [ "$what" = all ] || [ "$what" = strategies ]; then node bench/strategies.mjs; fi
 if [ "$what" = all ] || [ "$what" = watch ]; then node bench/watch.mjs; fi

@@ -51,6 +51,8 @@ const out = apps.filter(Boolean).map(a => {
     cwd: typeof a.cwd === 'string' ? a.cwd : null,
     max_restarts: a.max_restarts === undefined ? null : Number(a.max_restarts),
     min_uptime: str(a.min_uptime),
+    exec_mode: str(a.exec_mode),
+    instances: str(a.instances),
     port: str(env.PORT),
     sentry_dsn: typeof env.SENTRY_DSN === 'string' && env.SENTRY_DSN.length > 0,
     sentry_enabled: str(env.SENTRY_ENABLED),
@@ -76,6 +78,12 @@ pub struct Declared {
     /// `min_uptime` as written ("30s" or a number of ms), if set (PM2's default is 1000 ms).
     #[serde(default)]
     pub min_uptime: Option<String>,
+    /// `exec_mode` as written (`cluster`, `cluster_mode`, `fork`...).
+    #[serde(default)]
+    pub exec_mode: Option<String>,
+    /// `instances` as written (a number, `max`, `-1`).
+    #[serde(default)]
+    pub instances: Option<String>,
     /// `env.PORT`, if set.
     #[serde(default)]
     pub port: Option<String>,

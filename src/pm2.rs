@@ -41,6 +41,9 @@ pub struct Instance {
     /// The script PM2 runs.
     #[serde(skip)]
     pub exec_path: Option<PathBuf>,
+    /// `cluster_mode` or `fork_mode`.
+    #[serde(skip)]
+    pub exec_mode: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -72,6 +75,8 @@ struct RawEnv {
     pm_err_log_path: Option<PathBuf>,
     #[serde(default)]
     pm_exec_path: Option<PathBuf>,
+    #[serde(default)]
+    exec_mode: Option<String>,
 }
 
 /// Parse `pm2 jlist` output; PM2 may print notices (e.g. "Spawning PM2 daemon") before the JSON.
@@ -96,6 +101,7 @@ pub fn parse_jlist(stdout: &str) -> Result<Vec<Instance>> {
             out_log: p.pm2_env.pm_out_log_path,
             err_log: p.pm2_env.pm_err_log_path,
             exec_path: p.pm2_env.pm_exec_path,
+            exec_mode: p.pm2_env.exec_mode,
         })
         .collect())
 }
@@ -132,6 +138,19 @@ impl Pm2 {
             app_dir: settings.app.dir.clone(),
             name: settings.app.name.clone(),
         })
+    }
+
+    /// The same PM2 daemon, for another process name (the preflight trial).
+    pub fn named(&self, name: &str) -> Pm2 {
+        Pm2 {
+            name: name.to_string(),
+            ..self.clone()
+        }
+    }
+
+    /// The pm2 executable.
+    pub fn bin(&self) -> &Path {
+        &self.bin
     }
 
     /// The app's PM2 name.
@@ -195,6 +214,16 @@ impl Pm2 {
     pub async fn start(&self, ecosystem: &Path) -> Result<()> {
         let eco = ecosystem.to_string_lossy();
         self.call(&["start", &eco, "--only", &self.name])
+            .await
+            .map(drop)
+    }
+
+    /// PM2's rolling reload from the ecosystem (cluster mode: one instance at a time, each
+    /// replaced once its successor listens). Takes the ecosystem's env values (checked on pm2
+    /// 7.0.4), not a changed `script`, `exec_mode` or instance count.
+    pub async fn reload(&self, ecosystem: &Path) -> Result<()> {
+        let eco = ecosystem.to_string_lossy();
+        self.call(&["reload", &eco, "--only", &self.name])
             .await
             .map(drop)
     }

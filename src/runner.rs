@@ -181,6 +181,19 @@ async fn pump(
     }
 }
 
+/// Start a helper meant to outlive guard (the reaper of a preflight trial, which must run
+/// even after a `kill -9` of guard): its own process group, no pipes, no time limit, not
+/// killed when dropped. The only child guard does not wait for; `shown` names it in errors.
+pub fn spawn_detached(mut cmd: std::process::Command, shown: &str) -> Result<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0);
+    cmd.spawn()
+        .with_context(|| format!("cannot start `{shown}`"))
+}
+
 /// Like [`run`], but a non-zero exit is an error carrying the command line and its last output lines.
 pub async fn run_ok(cmd: Command, shown: &str, limit: Duration) -> Result<Output> {
     let out = run(cmd, shown, limit, None).await?;

@@ -24,6 +24,12 @@ pub struct Settings {
     pub clean: Clean,
     /// The default deploy step.
     pub deploy_command: Option<String>,
+    /// How the new release replaces the running one.
+    pub strategy: Strategy,
+    /// The env variable the app reads its port from (for the preflight trial).
+    pub port_env: String,
+    /// The port of the preflight trial; a free one when unset.
+    pub trial_port: Option<u16>,
     /// How health is probed and judged.
     pub health: Health,
     /// How PM2 is reached.
@@ -36,6 +42,20 @@ pub struct Settings {
     pub watch: WatchConfig,
     /// Where alerts go.
     pub alert: AlertConfig,
+}
+
+/// `[deploy] strategy`: how a new release replaces the running one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// `pm2 delete` + `pm2 start`: every ecosystem value takes effect; down for the start time.
+    Restart,
+    /// A trial on a spare port first, then PM2's rolling reload of a cluster-mode app: no
+    /// request fails, for a good release or a bad one.
+    Reload,
+    /// A trial on a spare port first, then delete + start: a bad release never touches the
+    /// running app.
+    Preflight,
 }
 
 /// `[watch]`: the rules of `guard watch`.
@@ -504,6 +524,9 @@ struct RawRedact {
 #[serde(deny_unknown_fields)]
 struct RawDeploy {
     command: Option<String>,
+    strategy: Option<Strategy>,
+    port_env: Option<String>,
+    preflight_port: Option<u16>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -776,6 +799,19 @@ fn resolve(raw: RawConfig, base: &Path, path: &Path) -> std::result::Result<Sett
         },
     };
 
+    let port_env = raw.deploy.port_env.clone().unwrap_or_else(|| "PORT".into());
+    if port_env.is_empty()
+        || !port_env
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        return Err(format!(
+            "deploy.port_env {port_env:?} must be an env variable name like \"PORT\""
+        ));
+    }
+    if raw.deploy.preflight_port == Some(0) {
+        return Err("deploy.preflight_port must be 1 to 65535 (unset: a free port)".into());
+    }
     let watch = resolve_watch(&raw.watch)?;
     let alert = resolve_alert(&raw.alert, base)?;
 
@@ -810,6 +846,9 @@ fn resolve(raw: RawConfig, base: &Path, path: &Path) -> std::result::Result<Sett
             .chain(raw.redact.readable.iter().cloned())
             .collect(),
         deploy_command: raw.deploy.command.filter(|c| !c.trim().is_empty()),
+        strategy: raw.deploy.strategy.unwrap_or(Strategy::Restart),
+        port_env,
+        trial_port: raw.deploy.preflight_port,
         health: Health {
             url,
             timeout: h.timeout,

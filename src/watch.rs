@@ -352,6 +352,7 @@ mod tests {
             out_log: None,
             err_log: None,
             exec_path: None,
+            exec_mode: None,
         }
     }
 

@@ -16,6 +16,7 @@ use crate::lock::Lock;
 use crate::ops::{self, Ctx, Tools, restart, restore, snapshot};
 use crate::output::StepState;
 use crate::runner;
+use crate::settings::Strategy;
 use crate::store::Kind;
 use crate::verdict::Verdict;
 use crate::watch::Start;
@@ -38,6 +39,10 @@ struct DeployData {
     before: Option<String>,
     /// The commit in place after the deploy step (what was deployed).
     deployed: Option<String>,
+    /// `restart`, `reload` or `preflight`.
+    strategy: Option<Strategy>,
+    /// The verdict of the new release's preflight trial on a spare port, if it had one.
+    preflight: Option<Verdict>,
     /// The new release's verdict.
     verdict: Option<Verdict>,
     /// The verdict of the previous version after the rollback, if there was one.
@@ -158,6 +163,7 @@ async fn after_backup(
 
     // The release may have renamed its ecosystem file: it is found again now.
     let t = Instant::now();
+    let mut declared = None;
     let checked = match ops::ecosystem_path(ctx) {
         Ok(eco) => {
             data.ecosystem = Some(eco.display().to_string());
@@ -172,7 +178,9 @@ async fn after_backup(
                 Some(d) => {
                     // The release's ecosystem may bring new env values: mask them too.
                     ops::preflight::learn_ecosystem_env(ctx, Some(&d));
-                    ops::script_outside_clean(ctx, &d, &eco).map(|()| true)
+                    let ok = ops::script_outside_clean(ctx, &d, &eco).map(|()| true);
+                    declared = Some(d);
+                    ok
                 }
                 None => Ok(false),
             })
@@ -205,12 +213,67 @@ async fn after_backup(
         return undo_before_restart(ctx, tools, id, &format!("stopped by signal {sig}")).await;
     }
 
+    // With `preflight` or `reload`, the release is tried on a spare port first: a release
+    // that fails there never touches the running app.
+    let strategy = ctx.settings.strategy;
+    data.strategy = Some(strategy);
+    let eco = ops::ecosystem_path(ctx)?;
+    let running = tools.pm2.instances().await?;
+    if strategy != Strategy::Restart {
+        ops::trial::delete_leftover(ctx, tools).await;
+        if running.is_empty() {
+            ctx.printer.step(
+                "preflight",
+                StepState::Warn,
+                Duration::ZERO,
+                "skipped: the app is not running, so there is nothing to keep serving (first start)",
+            );
+        } else {
+            let trial = ops::trial::run(ctx, tools, &eco, id).await?;
+            data.preflight = Some(trial.clone());
+            if !trial.healthy {
+                return undo_before_restart(
+                    ctx,
+                    tools,
+                    id,
+                    &format!(
+                        "the new release failed its preflight trial: {}; the running app was never touched",
+                        trial.message
+                    ),
+                )
+                .await;
+            }
+            if let Some(sig) = ctx.cancel.signal() {
+                return undo_before_restart(ctx, tools, id, &format!("stopped by signal {sig}"))
+                    .await;
+            }
+        }
+    }
+    let reload = strategy == Strategy::Reload
+        && match restart::reload_blocker(&running, declared.as_ref(), &eco) {
+            None => true,
+            Some(why) => {
+                ctx.printer.step(
+                    "reload",
+                    StepState::Warn,
+                    Duration::ZERO,
+                    format!("not possible: {why}; pm2 delete + start instead"),
+                );
+                false
+            }
+        };
+    let (restarted, start) = if reload {
+        // PM2's counters and pids after the reload are the baseline.
+        (restart::reload(ctx, tools).await, Start::Existing)
+    } else {
+        (restart::restart(ctx, tools).await, Start::Fresh)
+    };
     let mut offsets = crate::evidence::Offsets::new();
-    let verdict = match restart::restart(ctx, tools).await {
+    let verdict = match restarted {
         Ok(o) => {
             offsets = o;
             let cancel = ctx.cancel.clone();
-            restart::verify_step(ctx, tools, Start::Fresh, &cancel).await?
+            restart::verify_step(ctx, tools, start, &cancel).await?
         }
         Err(v) => v,
     };

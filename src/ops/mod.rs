@@ -6,6 +6,7 @@ pub mod preflight;
 pub mod restart;
 pub mod restore;
 pub mod snapshot;
+pub mod trial;
 
 use std::time::Instant;
 

@@ -56,6 +56,92 @@ pub async fn restart(ctx: &mut Ctx<'_>, tools: &Tools) -> Result<Offsets, Verdic
     }
 }
 
+/// Why PM2's rolling reload cannot put this release in place, if it cannot: it keeps a
+/// running app's `script`, `exec_mode` and instance count (checked on pm2 7.0.4), and in fork
+/// mode it is a plain restart. None: reload.
+pub fn reload_blocker(
+    running: &[crate::pm2::Instance],
+    declared: Option<&crate::ecosystem::Declared>,
+    ecosystem: &std::path::Path,
+) -> Option<String> {
+    if running.is_empty() {
+        return Some("the app is not running: first start".into());
+    }
+    if running
+        .iter()
+        .any(|i| i.exec_mode.as_deref() != Some("cluster_mode"))
+    {
+        return Some("the app runs in fork mode, where pm2 reload is a plain restart".into());
+    }
+    let Some(d) = declared else {
+        return Some("the ecosystem could not be read (node missing)".into());
+    };
+    if let Some(mode) = d.exec_mode.as_deref()
+        && !mode.starts_with("cluster")
+    {
+        return Some(format!("the ecosystem changes exec_mode to {mode}"));
+    }
+    if let Some(n) = d.instances.as_deref().and_then(|n| n.parse::<usize>().ok())
+        && n > 0
+        && n != running.len()
+    {
+        return Some(format!(
+            "the ecosystem changes instances from {} to {n}",
+            running.len()
+        ));
+    }
+    let script = d.script_path(ecosystem);
+    let running_script = running.iter().find_map(|i| i.exec_path.clone());
+    if let (Some(new), Some(old)) = (&script, &running_script)
+        && std::fs::canonicalize(new).unwrap_or(new.clone())
+            != std::fs::canonicalize(old).unwrap_or(old.clone())
+    {
+        return Some(format!(
+            "the ecosystem changes the script from {} to {}",
+            old.display(),
+            new.display()
+        ));
+    }
+    None
+}
+
+/// PM2's rolling reload as a step (see [`reload_blocker`] for when it applies).
+pub async fn reload(ctx: &mut Ctx<'_>, tools: &Tools) -> Result<Offsets, Verdict> {
+    let t = Instant::now();
+    let failed = |e: anyhow::Error, ctx: &mut Ctx<'_>| {
+        ctx.printer
+            .step("reload", StepState::Failed, t.elapsed(), format!("{e:#}"));
+        Verdict::new(
+            Reason::RestartFailed {
+                error: format!("{e:#}"),
+            },
+            t.elapsed(),
+        )
+    };
+    let ecosystem = match super::ecosystem_path(ctx) {
+        Ok(e) => e,
+        Err(e) => return Err(failed(e, ctx)),
+    };
+    let before = tools.pm2.instances().await.unwrap_or_default();
+    let offsets = evidence::offsets(tools.pm2.home(), &before);
+    match tools.pm2.reload(&ecosystem).await {
+        Ok(()) => {
+            ctx.printer.step(
+                "reload",
+                StepState::Ok,
+                t.elapsed(),
+                format!(
+                    "pm2 reload {} ({} instance(s), one at a time)",
+                    ctx.settings.app.name,
+                    before.len()
+                ),
+            );
+            Ok(offsets)
+        }
+        Err(e) => Err(failed(e, ctx)),
+    }
+}
+
 /// The verification rules of these settings.
 pub fn rules(ctx: &Ctx<'_>, start: Start) -> Rules {
     Rules {
@@ -135,4 +221,69 @@ pub async fn check_running(ctx: &mut Ctx<'_>, tools: &Tools) -> bool {
         detail,
     );
     healthy
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ecosystem::Declared;
+    use crate::pm2::Instance;
+    use std::path::Path;
+
+    fn inst(id: u32, mode: &str) -> Instance {
+        Instance {
+            pm_id: id,
+            status: "online".into(),
+            exec_mode: Some(mode.into()),
+            exec_path: Some("/srv/app/server.js".into()),
+            ..Instance::default()
+        }
+    }
+
+    #[test]
+    fn reload_only_where_pm2_reload_puts_every_value_in_place() {
+        let eco = Path::new("/srv/app/ecosystem.config.js");
+        let d = Declared {
+            script: Some("server.js".into()),
+            exec_mode: Some("cluster".into()),
+            instances: Some("2".into()),
+            ..Declared::default()
+        };
+        let two = [inst(0, "cluster_mode"), inst(1, "cluster_mode")];
+        assert_eq!(reload_blocker(&two, Some(&d), eco), None);
+        assert!(
+            reload_blocker(&[], Some(&d), eco)
+                .unwrap()
+                .contains("not running")
+        );
+        let fork = [inst(0, "fork_mode")];
+        assert!(
+            reload_blocker(&fork, Some(&d), eco)
+                .unwrap()
+                .contains("fork mode")
+        );
+        let three = Declared {
+            instances: Some("3".into()),
+            ..d.clone()
+        };
+        assert!(
+            reload_blocker(&two, Some(&three), eco)
+                .unwrap()
+                .contains("2 to 3")
+        );
+        let moved = Declared {
+            script: Some("dist/main.js".into()),
+            ..d.clone()
+        };
+        assert!(
+            reload_blocker(&two, Some(&moved), eco)
+                .unwrap()
+                .contains("script")
+        );
+        let max = Declared {
+            instances: Some("max".into()),
+            ..d
+        };
+        assert_eq!(reload_blocker(&two, Some(&max), eco), None);
+    }
 }

@@ -11,6 +11,7 @@ mod deploy;
 mod faults;
 mod inputs;
 mod snapshots;
+mod strategies;
 mod trust;
 mod verification;
 mod watching;

@@ -153,7 +153,24 @@ impl App {
         App::create(Fixture::Build, "")
     }
 
+    /// The demo app with `[deploy] strategy` set, in cluster mode with `instances` when more
+    /// than one; not started.
+    pub fn with_strategy(strategy: &str, instances: u32) -> App {
+        App::create_with(
+            Fixture::Demo,
+            "",
+            &[
+                ("STRATEGY", strategy),
+                ("INSTANCES", &instances.to_string()),
+            ],
+        )
+    }
+
     fn create(fixture: Fixture, extra_health: &str) -> App {
+        App::create_with(fixture, extra_health, &[])
+    }
+
+    fn create_with(fixture: Fixture, extra_health: &str, envs: &[(&str, &str)]) -> App {
         let pm2 = pm2_bin();
         let root = tempfile::tempdir().unwrap();
         let r = root.path();
@@ -175,6 +192,7 @@ impl App {
             .env("DEADLINE", "20s")
             .env("TIMEOUT", "1s")
             .env("INTERVAL", "100ms")
+            .envs(envs.iter().copied())
             .output()
             .unwrap();
         assert!(
@@ -762,5 +780,39 @@ fn serve_requests(
         {
             return;
         }
+    }
+}
+
+/// A client polling /health every 50 ms, as a user's traffic would, counting every request
+/// that did not get a 200.
+pub struct Poller {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<(u32, Vec<String>)>,
+}
+
+impl Poller {
+    pub fn start(port: u16) -> Poller {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let (mut total, mut failed) = (0, Vec::new());
+            while !s.load(std::sync::atomic::Ordering::SeqCst) {
+                total += 1;
+                match http_get(port, "/health") {
+                    Some((200, _)) => {}
+                    Some((code, body)) => failed.push(format!("HTTP {code} {}", body.trim())),
+                    None => failed.push("no answer".into()),
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (total, failed)
+        });
+        Poller { stop, handle }
+    }
+
+    /// Stop and return (requests, the failed ones).
+    pub fn stop(self) -> (u32, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.handle.join().unwrap()
     }
 }

@@ -40,7 +40,15 @@ const server = http.createServer((req, res) => {
     return; // never answers
   }
   res.writeHead(200, { 'content-type': 'application/json' });
-  res.end(JSON.stringify({ status: 'ok', version: release.version, instance }) + '\n');
+  // RELEASE_NOTE comes from the ecosystem's env: it shows which env a process started with.
+  res.end(JSON.stringify({ status: 'ok', version: release.version, instance, note: process.env.RELEASE_NOTE }) + '\n');
+});
+
+// Graceful shutdown, as PM2 asks of an app for a zero-downtime reload: on SIGINT stop
+// accepting connections, finish the ones in flight, then exit.
+process.on('SIGINT', () => {
+  server.close(() => process.exit(0));
+  setTimeout(() => process.exit(0), 2000).unref();
 });
 
 setTimeout(() => {
