@@ -3,7 +3,7 @@
 // and counts the requests that got no 200. Releases: good, crashes at start, /health 500.
 // restart and preflight run the app in fork mode (1 instance), reload in cluster mode (2).
 // Node only drives the run; every number comes from the real binary, PM2 and HTTP.
-import { execFileSync } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
@@ -113,12 +113,12 @@ async function main() {
         const stop = poller(f.port);
         await sleep(200);
         const t0 = Date.now();
-        try {
-          execFileSync(guard, ['--config', path.join(f.root, 'guard.toml'), '-q', 'deploy'], { env: f.env, stdio: 'ignore' });
-          code = 0;
-        } catch (e) {
-          code = e.status;
-        }
+        // Asynchronous, so the poller in this process keeps polling while guard runs.
+        code = await new Promise((resolve) => {
+          execFile(guard, ['--config', path.join(f.root, 'guard.toml'), '-q', 'deploy'], { env: f.env }, (err) =>
+            resolve(err ? err.code : 0),
+          );
+        });
         secs.push((Date.now() - t0) / 1000);
         await sleep(200);
         const [, failed] = await stop();

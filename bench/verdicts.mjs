@@ -113,10 +113,10 @@ async function main() {
     if (rel.json.mode === 'crash-later') {
       const logs = path.join(root, 'backups', `incident-${g.doc.incident}`, 'logs', 'demo-backend-0-error.log');
       const m = [...fs.readFileSync(logs, 'utf8').matchAll(/crashed after \d+ ms, at (\d+)/g)].pop();
-      if (m) detectMs = v.decided_at_ms - Number(m[1]);
+      if (m) detectMs = Date.parse(v.decided_at) - Number(m[1]);
     }
     const back = g.doc.data.rollback;
-    const backSecs = back && back.ready_at_ms ? (back.ready_at_ms - v.decided_at_ms) / 1000 : null;
+    const backSecs = back && back.ready_at ? (Date.parse(back.ready_at) - Date.parse(v.decided_at)) / 1000 : null;
     const overhead = gHealthy && v.ready_after_ms != null ? (v.elapsed_ms - v.ready_after_ms - 10_000) / 1000 : null;
     rows.push({ rel, ver, s, seedServes, g, guardServes, gHealthy, v, fromRestart, detectMs, backSecs, overhead });
     if (rel.healthy) goodRun = g;

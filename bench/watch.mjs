@@ -20,6 +20,8 @@ const env = { ...process.env, PM2_HOME: path.join(root, 'pm2'), NO_COLOR: '1' };
 const sh = (cmd) => execFileSync('sh', ['-c', cmd], { env, encoding: 'utf8' });
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const watchSeconds = Number(process.env.BENCH_WATCH_SECONDS || 600);
+// Every child started, stopped if the run fails half-way.
+const children = [];
 
 async function freePort() {
   return new Promise((resolve) => {
@@ -82,6 +84,7 @@ async function main() {
     env: { ...env, GUARD_BENCH_RUSAGE: '1' },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
+  children.push(watch);
   let stderr = '';
   watch.stderr.on('data', (d) => (stderr += d));
   await sleep(1500);
@@ -110,6 +113,7 @@ async function main() {
     env: { ...env, GUARD_BENCH_RUSAGE: '1' },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
+  children.push(quiet);
   let qerr = '';
   quiet.stderr.on('data', (d) => (qerr += d));
   const loop = spawn(
@@ -154,6 +158,7 @@ async function main() {
 
 main().catch((e) => {
   console.error(e);
+  for (const c of children) c.kill('SIGTERM');
   try {
     sh(`${pm2} kill >/dev/null 2>&1 || true`);
   } catch {}

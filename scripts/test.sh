@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# guard's whole test suite on a fresh machine with Rust and Node.js/npm: installs the pinned
-# pm2 locally (tests/node, no global install, no sudo), checks format and lints, runs the unit
-# tests and the integration tests against real PM2, git and HTTP on 127.0.0.1.
+# guard's whole test suite on a fresh machine with Rust, Node.js/npm and Python 3: installs the
+# pinned pm2 locally (tests/node, no global install, no sudo) and ansible-core into a
+# virtualenv (target/ansible-venv), checks format and lints, runs the unit tests and the
+# integration tests against real PM2, git, HTTP on 127.0.0.1 and Ansible, checks that the
+# portable build needs glibc 2.17 at most, and runs the README's demo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-for tool in cargo node npm git; do
+for tool in cargo node npm git python3 objdump; do
   if ! command -v "$tool" >/dev/null 2>&1; then
     echo "error: $tool is required to run the tests and is not on PATH" >&2
     exit 1
@@ -15,6 +17,16 @@ done
 echo "==> installing pinned pm2 into tests/node (npm ci)"
 npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
 
+echo "==> installing ansible-core into target/ansible-venv (examples/ansible/requirements.txt)"
+stamp=target/ansible-venv/.requirements
+if ! cmp -s examples/ansible/requirements.txt "$stamp" 2>/dev/null; then
+  rm -rf target/ansible-venv
+  python3 -m venv target/ansible-venv
+  target/ansible-venv/bin/pip install --quiet --disable-pip-version-check -r examples/ansible/requirements.txt
+  cp examples/ansible/requirements.txt "$stamp"
+fi
+target/ansible-venv/bin/ansible-playbook --version | head -n 1
+
 echo "==> cargo fmt --check"
 cargo fmt --check
 
@@ -22,7 +34,21 @@ echo "==> cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 
 echo "==> cargo test"
+cargo test --locked --no-run --quiet
+# The portable build compiles while the integration tests, which mostly wait on PM2 and
+# HTTP, run; its glibc check is waited for below.
+scripts/build-portable.sh --check > target/portable-check.log 2>&1 &
+portable=$!
+trap 'kill "$portable" 2>/dev/null || true' EXIT
 cargo test --locked -- --test-threads=6
+
+echo "==> portable build: glibc 2.17 at most (scripts/build-portable.sh --check)"
+if ! wait "$portable"; then
+  cat target/portable-check.log
+  echo "error: the portable build or its glibc check failed" >&2
+  exit 1
+fi
+tail -n 2 target/portable-check.log
 
 # The build layout's demo (scripts/demo.sh build) is what tests/guard/build.rs and
 # snapshots.rs exercise; only the README's first command is run again here, to keep the suite

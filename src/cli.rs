@@ -14,9 +14,21 @@ Exit codes:
   5  another guard run holds the lock for this app
   130/143  stopped by SIGINT/SIGTERM (after a restart guard rolls back first)";
 
+/// `guard --version`: the version, the commit and the day it was built, and the target.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("GUARD_BUILD_COMMIT"),
+    ", built ",
+    env!("GUARD_BUILD_DATE"),
+    ", ",
+    env!("GUARD_BUILD_TARGET"),
+    ")"
+);
+
 /// Safe deploys for a PM2-run Node.js app: clean, back up, deploy, verify, roll back.
 #[derive(Debug, Parser)]
-#[command(name = "guard", version, after_help = EXIT_CODES, max_term_width = 100)]
+#[command(name = "guard", version = VERSION, after_help = EXIT_CODES, max_term_width = 100)]
 pub struct Cli {
     /// Config file [default: ./guard.toml]
     #[arg(long, global = true, env = "GUARD_CONFIG", value_name = "FILE")]
@@ -75,6 +87,20 @@ pub enum Command {
     /// SIGTERM with exit 0
     #[command(after_help = EXIT_CODES)]
     Watch,
+    /// Print a shell completion script: `guard completions bash > /etc/bash_completion.d/guard`
+    #[command(after_help = EXIT_CODES)]
+    Completions(CompletionsArgs),
+    /// Print the man page (roff): `guard man > /usr/local/share/man/man1/guard.1`
+    #[command(after_help = EXIT_CODES)]
+    Man,
+}
+
+/// Flags of `guard completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 impl Command {
@@ -91,6 +117,8 @@ impl Command {
             Command::Check => "check",
             Command::Init(_) => "init",
             Command::Watch => "watch",
+            Command::Completions(_) => "completions",
+            Command::Man => "man",
         }
     }
 }
@@ -177,10 +205,56 @@ pub struct HistoryArgs {
     pub limit: usize,
 }
 
+/// Write the completion script for `shell` to `out`.
+pub fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    clap_complete::generate(shell, &mut cmd, "guard", out);
+}
+
+/// Write the man page to `out`.
+pub fn man(out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    clap_mangen::Man::new(cmd).render(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn completions_and_the_man_page_come_from_the_clap_definitions() {
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+        ] {
+            let mut out = Vec::new();
+            completions(shell, &mut out);
+            let text = String::from_utf8(out).unwrap();
+            for word in ["rollback", "incidents", "watch", "--json"] {
+                assert!(text.contains(word), "{shell}: no {word}");
+            }
+        }
+        let mut out = Vec::new();
+        man(&mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.starts_with(".ie") || text.contains(".TH"),
+            "{}",
+            &text[..80]
+        );
+        assert!(text.contains("rollback") && text.contains("Exit codes"));
+    }
+
+    #[test]
+    fn the_version_names_the_commit_and_build_date() {
+        assert!(VERSION.starts_with(env!("CARGO_PKG_VERSION")));
+        assert!(
+            VERSION.contains("commit ") && VERSION.contains("built 20"),
+            "{VERSION}"
+        );
+    }
 
     #[test]
     fn cli_definition_is_consistent() {

@@ -49,17 +49,17 @@ fn main() {
         Err(e) => {
             let wants_json = std::env::args().any(|a| a == "--json");
             if wants_json && e.use_stderr() {
-                let doc = serde_json::json!({
-                    "schema": output::SCHEMA,
-                    "command": null,
-                    "verdict": ExitStatus::Usage.to_string(),
-                    "reason": output::sanitize(&e.to_string()).trim_end().to_string(),
-                    "exit_code": ExitStatus::Usage.code(),
-                });
-                let _ = std::io::Write::write_all(
-                    &mut std::io::stdout(),
-                    format!("{doc:#}\n").as_bytes(),
-                );
+                // The same document as any other error, naming the subcommand if one was typed.
+                let typed = std::env::args()
+                    .skip(1)
+                    .find(|a| {
+                        <cli::Cli as clap::CommandFactory>::command()
+                            .find_subcommand(a)
+                            .is_some()
+                    })
+                    .unwrap_or_default();
+                let mut printer = Printer::new(Mode::Json, &typed);
+                printer.usage_error(output::sanitize(&e.to_string()).trim_end());
                 let _ = e.print();
                 std::process::exit(ExitStatus::Usage.code());
             }
@@ -135,6 +135,10 @@ fn init_logging(verbose: u8, quiet: bool) {
     };
     tracing_subscriber::fmt()
         .with_max_level(level)
+        // A closed stderr (the operator's ssh dropped, a parent that stopped reading) must
+        // not turn a log line into a panic: by default a failed write is reported with
+        // eprintln!, which panics, and the deploy, or the signal handler, would die with it.
+        .log_internal_errors(false)
         .with_writer(std::io::stderr)
         .with_target(false)
         .without_time()

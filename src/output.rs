@@ -45,7 +45,7 @@ pub struct Step {
 }
 
 /// The version of the `--json` document's shape; raised when a field changes meaning or goes.
-pub const SCHEMA: u32 = 1;
+pub const SCHEMA: u32 = 2;
 
 /// The outcome document of one command.
 #[derive(Debug, Clone, Serialize)]
@@ -54,6 +54,14 @@ pub struct Report {
     pub schema: u32,
     /// The subcommand.
     pub command: String,
+    /// The host it ran on.
+    pub host: String,
+    /// When the run started, RFC 3339 UTC.
+    pub started_at: String,
+    /// When the outcome was printed, RFC 3339 UTC.
+    pub finished_at: String,
+    /// From start to outcome.
+    pub duration_ms: u64,
     /// The PM2 app name, when the config was read.
     pub app: Option<String>,
     /// Steps in order.
@@ -83,6 +91,14 @@ pub struct Report {
 pub struct Printer {
     mode: Mode,
     color: bool,
+    /// stdout is a terminal: progress is one line rewritten in place.
+    tty: bool,
+    /// A progress line is on the terminal and must be cleared before the next line.
+    live: std::cell::Cell<bool>,
+    /// When the last progress line was printed off a terminal.
+    last_progress: std::cell::Cell<Option<std::time::Instant>>,
+    /// When the run started (for `duration_ms`).
+    started: std::time::Instant,
     redactor: Redactor,
     report: Report,
 }
@@ -96,10 +112,18 @@ impl Printer {
         Printer {
             mode,
             color,
+            tty: std::io::stdout().is_terminal(),
+            live: std::cell::Cell::new(false),
+            last_progress: std::cell::Cell::new(None),
             redactor: Redactor::default(),
+            started: std::time::Instant::now(),
             report: Report {
                 schema: SCHEMA,
                 command: command.to_string(),
+                host: crate::origin::host(),
+                started_at: crate::origin::now_rfc3339(),
+                finished_at: String::new(),
+                duration_ms: 0,
                 app: None,
                 steps: Vec::new(),
                 incident: None,
@@ -145,10 +169,44 @@ impl Printer {
             .unwrap_or_else(|e| serde_json::json!({ "error": format!("serialising data: {e}") }));
     }
 
+    /// Where a long wait stands (a verification): on a terminal one line rewritten in place
+    /// every second, off a terminal (ssh without a tty, a log) a line every 5 s, so a quiet
+    /// stability window never looks like a hang; nothing with `-q` or `--json`.
+    pub fn progress(&self, step: &str, text: &str) {
+        if self.mode != Mode::Human {
+            return;
+        }
+        let text = format!("....  {step:<12} {text}");
+        if self.tty {
+            let mut stdout = std::io::stdout().lock();
+            let _ = write!(stdout, "\r\x1b[K{}", sanitize(&text));
+            let _ = stdout.flush();
+            self.live.set(true);
+        } else if self
+            .last_progress
+            .get()
+            .is_none_or(|t| t.elapsed() >= Duration::from_millis(4900))
+        {
+            self.last_progress.set(Some(std::time::Instant::now()));
+            out(&sanitize(&text));
+        }
+    }
+
+    /// Clear a progress line before printing anything else.
+    fn clear_live(&self) {
+        if self.live.replace(false) {
+            let mut stdout = std::io::stdout().lock();
+            let _ = write!(stdout, "\r\x1b[K");
+            let _ = stdout.flush();
+        }
+        self.last_progress.set(None);
+    }
+
     /// Record and show a finished step.
     pub fn step(&mut self, name: &str, state: StepState, took: Duration, detail: impl AsRef<str>) {
         // One line per step: a multi-line cause (a command's last output lines) is joined.
         let detail = sanitize(&self.redactor.redact(detail.as_ref()).replace('\n', " | "));
+        self.clear_live();
         if self.mode == Mode::Human {
             let (word, color) = match state {
                 StepState::Ok => ("ok", "32"),
@@ -171,6 +229,7 @@ impl Printer {
 
     /// An indented line of detail under the last step (log tails, lists); human mode only.
     pub fn detail(&self, line: impl AsRef<str>) {
+        self.clear_live();
         if self.mode == Mode::Human {
             out(&format!(
                 "      {}",
@@ -201,6 +260,7 @@ impl Printer {
 
     /// A plain line on stdout in human mode (tables, status blocks).
     pub fn line(&self, line: impl AsRef<str>) {
+        self.clear_live();
         if self.mode == Mode::Human {
             out(&sanitize(&self.redactor.redact(line.as_ref())));
         }
@@ -231,7 +291,9 @@ impl Printer {
 
     /// Print the outcome and return the report for the audit log.
     pub fn finish(&mut self, status: ExitStatus, summary: &str) -> Report {
+        self.clear_live();
         let summary = sanitize(&self.redactor.redact(summary));
+        self.stamp_end();
         self.report.verdict = status.to_string();
         self.report.exit_code = status.code();
         if !summary.is_empty() {
@@ -264,6 +326,17 @@ impl Printer {
         self.report.clone()
     }
 
+    /// A command line clap refused, as the JSON document (`--json` only; exit 2).
+    pub fn usage_error(&mut self, reason: &str) {
+        self.stamp_end();
+        self.report.verdict = ExitStatus::Usage.to_string();
+        self.report.exit_code = ExitStatus::Usage.code();
+        self.report.reason = Some(reason.to_string());
+        if self.mode == Mode::Json {
+            out(&serde_json::to_string_pretty(&self.report).unwrap_or_default());
+        }
+    }
+
     /// The report as it stands.
     pub fn report(&self) -> Report {
         self.report.clone()
@@ -278,6 +351,7 @@ impl Printer {
 
     /// Report an error that ended the command: `error:` and its causes on stderr, and the JSON document.
     pub fn error(&mut self, err: &anyhow::Error, status: ExitStatus) {
+        self.clear_live();
         // Messages may span lines (a TOML error points at the line); keep the breaks, indented.
         let mut chain = err.chain().map(|c| {
             self.redactor
@@ -294,6 +368,7 @@ impl Printer {
         }
         let _ = writeln!(std::io::stderr(), "{text}");
         // Recorded whatever the mode: the audit log keeps the real exit code and the cause.
+        self.stamp_end();
         self.report.verdict = status.to_string();
         self.report.exit_code = status.code();
         self.report.reason = Some(sanitize(&self.redactor.redact(&format!("{err:#}"))));
@@ -301,6 +376,11 @@ impl Printer {
             let doc = serde_json::to_string_pretty(&self.report).unwrap_or_default();
             out(&self.redactor.redact(&doc));
         }
+    }
+
+    fn stamp_end(&mut self) {
+        self.report.finished_at = crate::origin::now_rfc3339();
+        self.report.duration_ms = crate::verdict::ms(self.started.elapsed());
     }
 
     fn paint(&self, text: &str, code: &str) -> String {

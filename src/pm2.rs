@@ -27,7 +27,8 @@ pub struct Instance {
     pub restarts: u64,
     /// Restarts that happened before min_uptime.
     pub unstable_restarts: u64,
-    /// When the current process started (ms since the epoch).
+    /// When the current process started (ms since the epoch); RFC 3339 `started_at` in JSON.
+    #[serde(rename = "started_at", serialize_with = "crate::verdict::rfc3339_opt")]
     pub started_at_ms: Option<i64>,
     /// Where PM2 keeps this instance's pid file.
     #[serde(skip)]

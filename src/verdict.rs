@@ -312,9 +312,11 @@ pub struct Verdict {
     pub elapsed_ms: u64,
     /// Time to the first passing probe.
     pub ready_after_ms: Option<u64>,
-    /// When the verdict was reached (ms since the epoch), for benchmarks and logs.
+    /// When the verdict was reached (ms since the epoch); RFC 3339 `decided_at` in JSON.
+    #[serde(rename = "decided_at", serialize_with = "rfc3339")]
     pub decided_at_ms: i64,
-    /// When the first probe passed (ms since the epoch).
+    /// When the first probe passed (ms since the epoch); RFC 3339 `ready_at` in JSON.
+    #[serde(rename = "ready_at", serialize_with = "rfc3339_opt")]
     pub ready_at_ms: Option<i64>,
     /// Probes sent.
     pub probes: u32,
@@ -322,6 +324,23 @@ pub struct Verdict {
     pub last_probe: Option<ProbeOutcome>,
     /// The app's instances as last seen.
     pub instances: Vec<Instance>,
+}
+
+/// A time in ms since the epoch as RFC 3339 UTC with milliseconds: every time in guard's
+/// JSON has this one form (and every duration is a number of milliseconds, `*_ms`).
+pub fn rfc3339<S: serde::Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
+    match jiff::Timestamp::from_millisecond(*ms) {
+        Ok(t) => s.serialize_str(&format!("{t:.3}")),
+        Err(_) => s.serialize_none(),
+    }
+}
+
+/// [`rfc3339`] of an optional time.
+pub fn rfc3339_opt<S: serde::Serializer>(ms: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+    match ms {
+        Some(m) => rfc3339(m, s),
+        None => s.serialize_none(),
+    }
 }
 
 /// Milliseconds of a duration, saturating.

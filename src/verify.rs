@@ -15,18 +15,21 @@ use crate::pm2::{Pm2, pid_alive};
 use crate::probe::{Probe, ProbeOutcome, Prober};
 use crate::signals::Cancel;
 use crate::verdict::{Change, Verdict};
-use crate::watch::{Next, Rules, Watch, Watched};
+use crate::watch::{Next, Progress, Rules, Watch, Watched};
 
 const PID_WATCH_EVERY: Duration = Duration::from_millis(100);
 const JLIST_EVERY: Duration = Duration::from_secs(3);
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
-/// Watch the app until it is proven healthy or unhealthy.
+/// Watch the app until it is proven healthy or unhealthy; `progress` hears where it stands
+/// every second (for the progress line of a long wait).
 pub async fn verify(
     pm2: &Pm2,
     prober: &Prober,
     rules: Rules,
     interval: Duration,
     cancel: &Cancel,
+    progress: &mut dyn FnMut(Progress),
 ) -> Result<Verdict> {
     let t0 = Instant::now();
     let t0_wall = jiff::Timestamp::now().as_millisecond();
@@ -41,6 +44,8 @@ pub async fn verify(
     pid_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut jlist_tick = tokio::time::interval_at(t0 + JLIST_EVERY, JLIST_EVERY);
     jlist_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut progress_tick = tokio::time::interval_at(t0 + PROGRESS_EVERY, PROGRESS_EVERY);
+    progress_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
         let next = tokio::select! {
@@ -72,6 +77,10 @@ pub async fn verify(
                 }
             }
             _ = pid_tick.tick() => watch.on_pids(pid_change(watch.watched())),
+            _ = progress_tick.tick() => {
+                progress(watch.progress(t0.elapsed()));
+                Next::Continue
+            }
             _ = jlist_tick.tick() => watch.on_jlist(pm2.instances().await?, t0.elapsed()),
             _ = tokio::time::sleep_until(t0 + watch.due()) => watch.on_due(t0.elapsed()),
             _ = cancel.cancelled() => {

@@ -71,8 +71,44 @@ pub struct Watch {
     ready_at: Option<Duration>,
     watched: BTreeMap<u32, Watched>,
     probes: u32,
+    passed: u32,
     last: Option<ProbeOutcome>,
     instances: Vec<Instance>,
+}
+
+/// Where a verification stands, for the progress line of a long wait.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Progress {
+    /// In the stability window (else waiting for the first passing probe).
+    pub stable: bool,
+    /// Time left in the current phase.
+    pub left: Duration,
+    /// The phase's whole length (deadline or stable_for).
+    pub window: Duration,
+    /// Probes that passed so far.
+    pub probes_passed: u32,
+}
+
+impl std::fmt::Display for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secs = |d: Duration| format!("{:.0}s", d.as_secs_f64().ceil());
+        if self.stable {
+            write!(
+                f,
+                "healthy, stable window: {} of {} left, {} probe(s) passed, no restart so far",
+                secs(self.left),
+                secs(self.window),
+                self.probes_passed
+            )
+        } else {
+            write!(
+                f,
+                "waiting for a first healthy answer: {} of {} left",
+                secs(self.left),
+                secs(self.window)
+            )
+        }
+    }
 }
 
 /// What changed for one instance against its baseline, if anything.
@@ -131,6 +167,7 @@ impl Watch {
                 })
                 .collect(),
             probes: 0,
+            passed: 0,
             last: None,
             instances,
         };
@@ -178,6 +215,7 @@ impl Watch {
         self.probes += 1;
         self.last = Some(outcome.clone());
         if outcome.passed() {
+            self.passed += 1;
             if self.ready_at.is_none() {
                 self.ready_at = Some(now);
                 if self.rules.stable_for.is_zero() {
@@ -260,6 +298,24 @@ impl Watch {
         }
         let reason = self.crash_reason(seen_at, detail);
         self.verdict(reason, seen_at)
+    }
+
+    /// Where the verification stands at `now`, for a progress line.
+    pub fn progress(&self, now: Duration) -> Progress {
+        let (stable, left) = match self.ready_at {
+            None => (false, self.rules.deadline.saturating_sub(now)),
+            Some(r) => (true, (r + self.rules.stable_for).saturating_sub(now)),
+        };
+        Progress {
+            stable,
+            left,
+            window: if stable {
+                self.rules.stable_for
+            } else {
+                self.rules.deadline
+            },
+            probes_passed: self.passed,
+        }
     }
 
     /// A failure that is not a crash (the probe's own answer).

@@ -27,8 +27,10 @@ struct WaitData {
 /// One instance in `--json`.
 #[derive(Serialize)]
 struct InstanceData<'a> {
+    #[serde(flatten)]
     instance: &'a Instance,
-    uptime: String,
+    /// Time since the current process started, when online.
+    uptime_ms: Option<u64>,
     memory_bytes: u64,
     cpu_percent: f32,
 }
@@ -61,8 +63,8 @@ struct HealthData<'a> {
     restarts: u64,
     /// Crash restarts in the last `watch.loop_window` (from PM2's log); null if unreadable.
     restarts_recent: Option<u64>,
-    /// That window, in seconds.
-    restarts_window_s: u64,
+    /// That window.
+    restarts_window_ms: u64,
     /// At least `watch.loop_restarts` crash restarts in the window: unhealthy even if a
     /// probe answers.
     crash_looping: bool,
@@ -129,14 +131,12 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &HealthArgs) -> Result<Done> {
             .pid
             .and_then(|pid| usage.get(&pid).copied())
             .unwrap_or_default();
-        let uptime = i
+        let uptime_ms = i
             .started_at_ms
             .filter(|_| i.status == "online")
-            .map(|s| {
-                fmt_duration(Duration::from_millis(
-                    u64::try_from(now_ms - s).unwrap_or(0),
-                ))
-            })
+            .map(|s| u64::try_from(now_ms - s).unwrap_or(0));
+        let uptime = uptime_ms
+            .map(|u| fmt_duration(Duration::from_millis(u)))
             .unwrap_or_else(|| "-".into());
         p.line(format!(
             "instance {:<2} {:<8} pid {:<7} uptime {:<8} restarts {:<3} memory {:.1} MB  cpu {:.1}%",
@@ -150,7 +150,7 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &HealthArgs) -> Result<Done> {
         ));
         inst_json.push(InstanceData {
             instance: i,
-            uptime,
+            uptime_ms,
             memory_bytes: u.memory_bytes,
             cpu_percent: u.cpu_percent,
         });
@@ -327,7 +327,7 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &HealthArgs) -> Result<Done> {
         stable,
         restarts,
         restarts_recent: recent,
-        restarts_window_s: window.as_secs(),
+        restarts_window_ms: crate::verdict::ms(window),
         crash_looping,
         sentry_enabled: sentry_on,
         pm2_config: Pm2Config {

@@ -51,6 +51,8 @@ fn changes_things(cmd: &Command) -> bool {
         | Command::History(_)
         | Command::Check
         | Command::Watch
+        | Command::Completions(_)
+        | Command::Man
         | Command::Init(_) => false,
     }
 }
@@ -58,6 +60,26 @@ fn changes_things(cmd: &Command) -> bool {
 /// Run the parsed command; every error is reported here, once.
 pub async fn run(cli: Cli, printer: &mut Printer, cancel: Cancel) -> ExitStatus {
     let origin = Origin::current();
+    // Generated from the CLI definition: no config, no runtime work.
+    match &cli.command {
+        Command::Completions(args) => {
+            crate::cli::completions(args.shell, &mut std::io::stdout());
+            return ExitStatus::Success;
+        }
+        Command::Man => {
+            return match crate::cli::man(&mut std::io::stdout()) {
+                Ok(()) => ExitStatus::Success,
+                Err(e) => {
+                    printer.error(
+                        &anyhow::Error::new(e).context("writing the man page"),
+                        ExitStatus::Failure,
+                    );
+                    ExitStatus::Failure
+                }
+            };
+        }
+        _ => {}
+    }
     // init writes the config the other commands read.
     if let Command::Init(args) = &cli.command {
         let result = init::run(printer, cli.config.as_deref(), args).await;
@@ -117,7 +139,9 @@ pub async fn run(cli: Cli, printer: &mut Printer, cancel: Cancel) -> ExitStatus 
         Command::History(a) => history::run(&mut ctx, a).await,
         Command::Check => check::run(&mut ctx).await,
         Command::Watch => watch::run(&mut ctx).await,
-        Command::Init(_) => unreachable!("init runs before the config is read"),
+        Command::Init(_) | Command::Completions(_) | Command::Man => {
+            unreachable!("handled before the config is read")
+        }
     };
     let (status, report) = match result {
         Ok(done) => {

@@ -58,7 +58,7 @@ pub async fn run(ctx: &mut Ctx<'_>) -> Result<Done> {
     let summary = watcher.run(Notifier::from_env()).await?;
     let text = format!(
         "stopped after {}: {} event(s), {} automatic rollback(s)",
-        fmt_duration(std::time::Duration::from_secs_f64(summary.watched_s)),
+        fmt_duration(std::time::Duration::from_millis(summary.watched_ms)),
         summary.events,
         summary.rollbacks
     );

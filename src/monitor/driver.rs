@@ -53,8 +53,8 @@ pub struct Summary {
     pub events: u64,
     /// Automatic rollbacks run.
     pub rollbacks: u64,
-    /// How long it watched, in seconds.
-    pub watched_s: f64,
+    /// How long it watched.
+    pub watched_ms: u64,
 }
 
 /// The deploy an automatic rollback would undo: its pre-deploy incident and when it ended.
@@ -294,7 +294,7 @@ impl Watcher<'_> {
         if let Some(q) = self.queues.take() {
             q.drain(Duration::from_secs(5)).await;
         }
-        summary.watched_s = t0.elapsed().as_secs_f64();
+        summary.watched_ms = crate::verdict::ms(t0.elapsed());
         Ok(summary)
     }
 

@@ -158,12 +158,14 @@ pub async fn verify_step(
     start: Start,
     cancel: &Cancel,
 ) -> Result<Verdict> {
+    let printer = &*ctx.printer;
     let verdict = verify::verify(
         &tools.pm2,
         &tools.prober,
         rules(ctx, start),
         ctx.settings.health.interval,
         cancel,
+        &mut |p| printer.progress("verify", &p.to_string()),
     )
     .await?;
     print_verdict(ctx, &verdict);

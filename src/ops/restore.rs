@@ -219,12 +219,15 @@ pub async fn restore_and_restart(
         return Ok(v);
     }
     let never = crate::signals::Cancel::never();
+    let rules = restart::rules(ctx, Start::Fresh);
+    let printer = &*ctx.printer;
     let verdict = crate::verify::verify(
         &tools.pm2,
         &tools.prober,
-        restart::rules(ctx, Start::Fresh),
+        rules,
         ctx.settings.health.interval,
         &never,
+        &mut |p| printer.progress("verify", &p.to_string()),
     )
     .await?;
     let _ = flush.await;

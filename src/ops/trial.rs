@@ -167,12 +167,15 @@ pub async fn run(ctx: &mut Ctx<'_>, tools: &Tools, ecosystem: &Path, id: &str) -
     let verdict = match trial.start(&loader).await {
         Ok(()) => {
             let cancel = ctx.cancel.clone();
+            let rules = super::restart::rules(ctx, Start::Fresh);
+            let printer = &*ctx.printer;
             verify::verify(
                 &trial,
                 &prober,
-                super::restart::rules(ctx, Start::Fresh),
+                rules,
                 ctx.settings.health.interval,
                 &cancel,
+                &mut |p| printer.progress("preflight", &p.to_string()),
             )
             .await?
         }

@@ -88,7 +88,7 @@ fn bad_flags_are_usage_errors() {
     run.expect(2);
     let doc = run.json();
     assert_eq!(doc["exit_code"], 2);
-    assert_eq!(doc["schema"], 1);
+    assert_eq!(doc["schema"], 2);
     assert!(
         doc["reason"].as_str().unwrap().contains("--frobnicate"),
         "{doc}"

@@ -333,3 +333,31 @@ fn watch_refuses_an_alert_token_it_cannot_read_naming_it() {
     run.expect(2);
     assert_eq!(run.json()["exit_code"], 2);
 }
+
+#[test]
+fn a_closed_stderr_never_costs_guard_its_signal_handling() {
+    // A parent that stopped reading (an ssh session gone, a supervisor restarted): every log
+    // line then fails to write, which must not kill the task that handles SIGTERM.
+    let app = App::new();
+    app.start_v1();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut child = app
+        .guard_cmd(&["-v", "watch"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(writer)
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(
+        wait_until(Duration::from_secs(8), || child
+            .try_wait()
+            .unwrap()
+            .is_some()),
+        "guard watch ignored SIGTERM with a closed stderr"
+    );
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
