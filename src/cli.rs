@@ -232,7 +232,7 @@ mod tests {
             let mut out = Vec::new();
             completions(shell, &mut out);
             let text = String::from_utf8(out).unwrap();
-            for word in ["rollback", "incidents", "watch", "--json"] {
+            for word in ["rollback", "incidents", "watch", "json"] {
                 assert!(text.contains(word), "{shell}: no {word}");
             }
         }

@@ -45,6 +45,10 @@ pub struct Instance {
     /// `cluster_mode` or `fork_mode`.
     #[serde(skip)]
     pub exec_mode: Option<String>,
+    /// When PM2 created this process entry (`pm2 start`; ms since the epoch): its restart
+    /// counter counts from then.
+    #[serde(skip)]
+    pub created_at_ms: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -78,6 +82,8 @@ struct RawEnv {
     pm_exec_path: Option<PathBuf>,
     #[serde(default)]
     exec_mode: Option<String>,
+    #[serde(default)]
+    created_at: Option<i64>,
 }
 
 /// Parse `pm2 jlist` output; PM2 may print notices (e.g. "Spawning PM2 daemon") before the JSON.
@@ -103,6 +109,7 @@ pub fn parse_jlist(stdout: &str) -> Result<Vec<Instance>> {
             err_log: p.pm2_env.pm_err_log_path,
             exec_path: p.pm2_env.pm_exec_path,
             exec_mode: p.pm2_env.exec_mode,
+            created_at_ms: p.pm2_env.created_at,
         })
         .collect())
 }

@@ -409,6 +409,7 @@ mod tests {
             err_log: None,
             exec_path: None,
             exec_mode: None,
+            created_at_ms: None,
         }
     }
 

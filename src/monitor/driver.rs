@@ -155,6 +155,7 @@ impl Watcher<'_> {
         let mut summary = Summary::default();
 
         let mut paused = lock::held_by_live_run(&backup_dir, &app);
+        let mut paused_at_ms = jiff::Timestamp::now().as_millisecond();
         let mut watched: Vec<Watched> = Vec::new();
         let mut target: Option<Target> = None;
         let mut next_jlist = Instant::now();
@@ -224,6 +225,7 @@ impl Watcher<'_> {
                     if lock::held_by_live_run(&backup_dir, &app) {
                         if !paused {
                             paused = true;
+                            paused_at_ms = jiff::Timestamp::now().as_millisecond() - 1000;
                             tracing::info!("a guard run holds the lock of {app}: quiet until it ends");
                         }
                         continue;
@@ -232,7 +234,20 @@ impl Watcher<'_> {
                         // A deploy or rollback just ended: what runs now is the new normal.
                         paused = false;
                         let list = instances(&self.pm2).await?;
-                        monitor.baseline(&list, t0.elapsed());
+                        // An instance that run started afresh was verified with no restart:
+                        // any restart it has now is a crash after that verdict, and news.
+                        let as_started: Vec<Instance> = list
+                            .iter()
+                            .map(|i| {
+                                let mut b = i.clone();
+                                if i.created_at_ms.is_some_and(|c| c >= paused_at_ms) {
+                                    b.restarts = 0;
+                                }
+                                b
+                            })
+                            .collect();
+                        monitor.baseline(&as_started, t0.elapsed());
+                        monitor.on_instances(&list, t0.elapsed());
                         watched = watched_of(&list);
                         target = last_good_deploy(self.settings);
                         next_jlist = Instant::now() + pm2_every;

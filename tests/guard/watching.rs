@@ -184,9 +184,9 @@ fn a_release_that_crash_loops_after_its_deploy_is_one_loop_alert_and_is_rolled_b
         .requests()
         .is_empty()));
 
-    // Passes the deploy's 1 s stable window, then crashes every 2.5 s under PM2's restarts.
+    // Passes the deploy's 1 s stable window, then crashes every 3 s under PM2's restarts.
     app.release_json(
-        r#"{ "version": "v2", "mode": "crash-later", "crash_after_ms": 2500 }"#,
+        r#"{ "version": "v2", "mode": "crash-later", "crash_after_ms": 3000 }"#,
         "v2 crashes later",
     );
     let deploy = app.guard(&["--json", "deploy"]);
@@ -194,7 +194,7 @@ fn a_release_that_crash_loops_after_its_deploy_is_one_loop_alert_and_is_rolled_b
     let incident = deploy.json()["incident"].as_str().unwrap().to_string();
 
     assert!(
-        wait_until(Duration::from_secs(40), || !rx
+        wait_until(Duration::from_secs(60), || !rx
             .events("/hook", "rolled_back")
             .is_empty()),
         "no automatic rollback: {:?}",
