@@ -74,6 +74,8 @@ fn kill_9_during_verification_then_rollback_latest_restores_the_previous_version
     );
     bg.signal(libc::SIGKILL);
     bg.finish(LONG);
+    // The long window was only needed to catch guard verifying.
+    app.edit_config("stable_for = \"20s\"", "stable_for = \"1s\"");
     app.guard(&["rollback", "--incident", "latest"]).expect(0);
     assert_eq!(app.version().as_deref(), Some("v1"));
     app.guard(&["health", "--wait"]).expect(0);
@@ -173,14 +175,15 @@ fn a_second_sigint_exits_at_once_and_leaves_no_blocking_lock() {
     bg.signal(libc::SIGINT);
     let run = bg.finish(Duration::from_secs(10));
     run.expect(130);
+    app.edit_config("stable_for = \"8s\"", "stable_for = \"1s\"");
     app.guard(&["rollback", "--incident", "latest"]).expect(0);
     assert_eq!(app.version().as_deref(), Some("v1"));
 }
 
-/// Start deploying a good v2 with a 30 s stability window; return once v2 answers, so guard is
+/// Start deploying a good v2 with an 8 s stability window; return once v2 answers, so guard is
 /// past the restart and verifying.
 fn deploy_v2_into_a_long_verification(app: &App) -> crate::support::Bg {
-    app.edit_config("stable_for = \"1s\"", "stable_for = \"30s\"");
+    app.edit_config("stable_for = \"1s\"", "stable_for = \"8s\"");
     app.start_v1();
     app.release("v2", "good");
     let bg = app.spawn_guard(&["deploy"]);
