@@ -305,6 +305,22 @@ fn secret(
     }
 }
 
+/// Every (key, value, min, max) within its bounds, or an error naming the first that is not:
+/// beyond bounds a person would use, an overflow or a wait of years is a typo.
+fn in_range(checks: &[(&str, Duration, Duration, Duration)]) -> std::result::Result<(), String> {
+    for &(key, value, min, max) in checks {
+        if value < min || value > max {
+            return Err(format!(
+                "{key} = {:?} is out of range ({} to {})",
+                humantime::format_duration(value).to_string(),
+                humantime::format_duration(min),
+                humantime::format_duration(max)
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// "512MB", "1.5GB", "300M", "1024" (bytes) as bytes.
 pub fn parse_bytes(text: &str) -> std::result::Result<u64, String> {
     let t = text.trim();
@@ -348,7 +364,7 @@ fn resolve_watch(raw: &RawWatch) -> std::result::Result<WatchConfig, String> {
         rollback_within: raw.rollback_within,
         pm2_every: raw.pm2_every.unwrap_or(Duration::from_secs(60)),
     };
-    for (key, value, min, max) in [
+    in_range(&[
         (
             "watch.interval",
             w.interval,
@@ -374,16 +390,7 @@ fn resolve_watch(raw: &RawWatch) -> std::result::Result<WatchConfig, String> {
             Duration::from_secs(2),
             Duration::from_secs(3600),
         ),
-    ] {
-        if value < min || value > max {
-            return Err(format!(
-                "{key} = {:?} is out of range ({} to {})",
-                humantime::format_duration(value).to_string(),
-                humantime::format_duration(min),
-                humantime::format_duration(max)
-            ));
-        }
-    }
+    ])?;
     if !(1..=1000).contains(&w.failures) || !(1..=1000).contains(&w.loop_restarts) {
         return Err("watch.failures and watch.loop_restarts must be 1 to 1000".into());
     }
@@ -741,7 +748,7 @@ fn resolve(raw: RawConfig, base: &Path, path: &Path) -> std::result::Result<Sett
     }
     // Bounds a person would use; beyond them an overflow or a wait of years is a typo.
     const DAY: Duration = Duration::from_secs(24 * 3600);
-    for (key, value, min, max) in [
+    in_range(&[
         (
             "health.timeout",
             h.timeout,
@@ -773,16 +780,7 @@ fn resolve(raw: RawConfig, base: &Path, path: &Path) -> std::result::Result<Sett
             Duration::ZERO,
             DAY,
         ),
-    ] {
-        if value < min || value > max {
-            return Err(format!(
-                "{key} = {:?} is out of range ({} to {})",
-                humantime::format_duration(value).to_string(),
-                humantime::format_duration(min),
-                humantime::format_duration(max)
-            ));
-        }
-    }
+    ])?;
 
     let pm2_bin = match raw.pm2.bin {
         Some(b) if b.components().count() > 1 => absolute_from(base, &b),

@@ -7,13 +7,25 @@ use super::Done;
 use crate::alert::{Alerter, Heartbeat, Retry};
 use crate::exit::{Happened, usage};
 use crate::monitor::driver::Watcher;
-use crate::ops::Ctx;
+use crate::ops::{self, Ctx};
 use crate::output::fmt_duration;
 use crate::sdnotify::Notifier;
 
 /// `guard watch`.
 pub async fn run(ctx: &mut Ctx<'_>) -> Result<Done> {
     let tools = ctx.tools()?;
+    // The ecosystem's env block holds secrets too: masked in every event and alert.
+    if let Ok(eco) = ops::ecosystem_path(ctx) {
+        let declared = crate::ecosystem::check(
+            &eco,
+            &ctx.settings.app.name,
+            tools.pm2.install_root().as_deref(),
+        )
+        .await
+        .ok()
+        .flatten();
+        ops::preflight::learn_ecosystem_env(ctx, declared.as_ref());
+    }
     // A destination whose token cannot be read is a config error: a watcher that cannot
     // alert must not look like one that can.
     let mut redactor = ctx.printer.redactor().clone();

@@ -274,9 +274,7 @@ impl Monitor {
         }
     }
 
-    /// Take PM2's list as it is (at the start, and after a guard run released the lock):
-    /// restarts done so far are not news; an app already down is.
-    pub fn baseline(&mut self, instances: &[Instance], now: Duration) {
+    fn remember(&mut self, instances: &[Instance]) {
         self.known = instances
             .iter()
             .map(|i| {
@@ -290,6 +288,12 @@ impl Monitor {
                 )
             })
             .collect();
+    }
+
+    /// Take PM2's list as it is (at the start, and after a guard run released the lock):
+    /// restarts done so far are not news; an app already down is.
+    pub fn baseline(&mut self, instances: &[Instance], now: Duration) {
+        self.remember(instances);
         self.check_down(instances, now);
     }
 
@@ -401,19 +405,7 @@ impl Monitor {
                 self.crashed(i.pm_id, detail, new_restarts, now);
             }
         }
-        self.known = instances
-            .iter()
-            .map(|i| {
-                (
-                    i.pm_id,
-                    Known {
-                        pid: i.pid,
-                        restarts: i.restarts,
-                        status: i.status.clone(),
-                    },
-                )
-            })
-            .collect();
+        self.remember(instances);
         self.check_down(instances, now);
     }
 
