@@ -400,32 +400,31 @@ fn resolve_watch(raw: &RawWatch) -> std::result::Result<WatchConfig, String> {
 fn resolve_alert(raw: &RawAlert, base: &Path) -> std::result::Result<AlertConfig, String> {
     let urls = |key: &str, list: &[RawUrl]| {
         list.iter()
-            .map(|u| {
+            .enumerate()
+            .map(|(i, u)| {
+                // Named as in messages at run time: the first [[alert.slack]] is "#1".
+                let key = format!("{key} #{}", i + 1);
                 if u.every.is_some() {
                     return Err(format!("{key}: `every` belongs to [alert.heartbeat]"));
                 }
-                secret(key, &u.url, &u.url_env, &u.url_file, base)
+                secret(&key, &u.url, &u.url_env, &u.url_file, base)
             })
             .collect::<std::result::Result<Vec<_>, String>>()
     };
     let telegram = raw
         .telegram
         .iter()
-        .map(|t| {
+        .enumerate()
+        .map(|(i, t)| {
+            let key = format!("alert.telegram #{}", i + 1);
             let api = t.api_url.as_deref().unwrap_or("https://api.telegram.org");
-            let api_url = reqwest::Url::parse(api)
-                .map_err(|e| format!("alert.telegram api_url {api:?}: {e}"))?;
+            let api_url =
+                reqwest::Url::parse(api).map_err(|e| format!("{key} api_url {api:?}: {e}"))?;
             if t.chat_id.trim().is_empty() {
-                return Err("alert.telegram chat_id must not be empty".to_string());
+                return Err(format!("{key}: chat_id must not be empty"));
             }
             Ok(TelegramConfig {
-                token: secret(
-                    "alert.telegram",
-                    &t.token,
-                    &t.token_env,
-                    &t.token_file,
-                    base,
-                )?,
+                token: secret(&key, &t.token, &t.token_env, &t.token_file, base)?,
                 chat_id: t.chat_id.clone(),
                 api_url,
             })
@@ -952,6 +951,35 @@ mod tests {
         assert!(s.app.ecosystem.is_none(), "found in app.dir when needed");
         assert!(s.clean.after_deploy);
         assert!(s.readable_env.iter().any(|k| k == "PORT"));
+    }
+
+    #[test]
+    fn watch_alert_and_strategy_settings_are_checked_and_name_what_is_wrong() {
+        let s = parse(MINIMAL).unwrap();
+        assert_eq!(s.strategy, Strategy::Restart);
+        assert_eq!(s.port_env, "PORT");
+        assert_eq!(s.watch.rollback_within, None);
+        assert!(!s.alert.any());
+        let two = format!(
+            "{MINIMAL}[[alert.slack]]\nurl_env = \"A\"\n[[alert.slack]]\nurl_env = \"B\"\nurl_file = \"/x\"\n"
+        );
+        let msg = format!("{:#}", parse(&two).unwrap_err());
+        assert!(
+            msg.contains("alert.slack #2") && msg.contains("exactly one"),
+            "{msg}"
+        );
+        for (bad, names) in [
+            ("[watch]\ninterval = \"1ms\"\n", "watch.interval"),
+            ("[watch]\nmax_memory = \"12 parsecs\"\n", "watch.max_memory"),
+            ("[watch]\nfailures = 0\n", "watch.failures"),
+            ("[deploy]\nport_env = \"PO RT\"\n", "deploy.port_env"),
+            ("[deploy]\nstrategy = \"bluegreen\"\n", "strategy"),
+        ] {
+            let msg = format!("{:#}", parse(&format!("{MINIMAL}{bad}")).unwrap_err());
+            assert!(msg.contains(names), "{bad}: {msg}");
+        }
+        assert_eq!(parse_bytes("512MB").unwrap(), 512 * 1_048_576);
+        assert_eq!(parse_bytes("1.5G").unwrap(), 1_610_612_736);
     }
 
     #[test]

@@ -78,7 +78,16 @@ fn a_cluster_app_with_one_crashing_instance_fails() {
         .replace("instances: 1", "instances: 2");
     app.push(&[("ecosystem.config.js", &eco)], "cluster of two");
     // The clone was made at v1: pull the cluster ecosystem in with the first deploy.
-    app.guard(&["deploy"]).expect(0);
+    let first = app.guard(&["deploy"]);
+    first.expect(0);
+    // Off a terminal, a 4 s window still shows where it stands rather than looking hung.
+    assert!(
+        first
+            .stdout
+            .contains("....  verify       healthy, stable window:"),
+        "{}",
+        first.stdout
+    );
     assert_eq!(app.processes().len(), 2);
     app.release_json(
         r#"{ "version": "v2", "mode": "crash-one-instance", "crash_after_ms": 1000 }"#,

@@ -361,3 +361,81 @@ fn a_closed_stderr_never_costs_guard_its_signal_handling() {
     );
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }
+
+#[test]
+fn memory_and_artifacts_are_one_alert_each_and_systemd_hears_ready_and_the_watchdog() {
+    use std::os::unix::net::UnixDatagram;
+    let app = App::new();
+    app.start_v1();
+    let rx = Receiver::start(0);
+    // Any Node process is above 1 MB: one memory_high, not one per check.
+    app.write_config(&watch_config(&rx, r#"max_memory = "1MB""#));
+    let sock_dir = tempfile::tempdir().unwrap();
+    let sock_path = sock_dir.path().join("notify");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut cmd = guard_cmd(&app, &rx, &["watch"]);
+    cmd.env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "400000");
+    let watch = app.spawn(cmd);
+    let mut said = Vec::new();
+    let mut buf = [0u8; 256];
+    while said.len() < 3 {
+        let n = sock
+            .recv(&mut buf)
+            .expect("no sd_notify message from guard watch");
+        said.push(String::from_utf8_lossy(&buf[..n]).to_string());
+    }
+    assert!(said.iter().any(|m| m == "READY=1"), "{said:?}");
+    assert!(
+        said.iter().filter(|m| *m == "WATCHDOG=1").count() >= 1,
+        "{said:?}"
+    );
+
+    assert!(
+        wait_until(Duration::from_secs(10), || !rx
+            .events("/hook", "memory_high")
+            .is_empty()),
+        "no memory alert: {:?}",
+        rx.delivered("/hook")
+    );
+    // The incident's stale dist/ appears in the app folder.
+    std::fs::create_dir(app.dir.join("dist")).unwrap();
+    std::fs::write(app.dir.join("dist/index.js"), "// stale\n").unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || !rx
+            .events("/hook", "artifacts")
+            .is_empty()),
+        "no artifacts alert: {:?}",
+        rx.delivered("/hook")
+    );
+    assert!(
+        rx.events("/hook", "artifacts")[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("dist/")
+    );
+    std::fs::remove_dir_all(app.dir.join("dist")).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || rx
+            .events("/hook", "recovered")
+            .iter()
+            .any(|e| e["resolves"] == "artifacts")),
+        "{:?}",
+        rx.delivered("/hook")
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(rx.events("/hook", "memory_high").len(), 1);
+    assert_eq!(rx.events("/hook", "artifacts").len(), 1);
+    let run = stop(watch);
+    run.expect(0);
+    // STOPPING=1 on the way out.
+    let mut stopping = false;
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    while let Ok(n) = sock.recv(&mut buf) {
+        stopping |= &buf[..n] == b"STOPPING=1";
+    }
+    assert!(stopping, "no STOPPING=1");
+}
