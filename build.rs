@@ -29,9 +29,19 @@ fn main() {
         "cargo:rustc-env=GUARD_BUILD_TARGET={}",
         std::env::var("TARGET").unwrap_or_default()
     );
+    // Only files that exist: cargo takes a missing one as changed on every build, and a
+    // fresh clone has no packed-refs (every `cargo build --release` then relinked with LTO).
+    // HEAD moves on a checkout; the branch's own ref (loose, or in packed-refs) on a commit.
     if let Some(dir) = git(&["rev-parse", "--git-dir"]) {
-        for f in ["HEAD", "refs/heads", "packed-refs"] {
-            println!("cargo:rerun-if-changed={dir}/{f}");
+        let mut watched = vec!["HEAD".to_string(), "packed-refs".to_string()];
+        if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
+            watched.push(branch);
+        }
+        for f in watched {
+            let path = std::path::Path::new(&dir).join(&f);
+            if path.exists() {
+                println!("cargo:rerun-if-changed={}", path.display());
+            }
         }
     }
     println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");

@@ -32,10 +32,10 @@ pub struct Entry {
     pub incident: Option<String>,
     /// The code before the run (commit or tree fingerprint).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub before: Option<String>,
+    pub before: Option<crate::code::Code>,
     /// The code the run put in place.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub after: Option<String>,
+    pub after: Option<crate::code::Code>,
     /// Verdict word.
     pub verdict: String,
     /// Reason.

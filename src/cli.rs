@@ -74,7 +74,7 @@ pub enum Command {
     /// Show the audit log of runs that changed something
     #[command(after_help = EXIT_CODES)]
     History(HistoryArgs),
-    /// Preflight: PM2 fail-fast policy, Sentry, .gitignore, pm2 save, file modes, room for a
+    /// Check the app and its setup: PM2 fail-fast policy, Sentry, .gitignore, pm2 save, file modes, room for a
     /// snapshot... each ok, warn or fail with a fix; changes nothing (exit 1 on a failure)
     #[command(after_help = EXIT_CODES)]
     Check,

@@ -6,6 +6,7 @@ mod audit;
 mod checks;
 mod clean;
 mod cli;
+mod code;
 mod commands;
 mod ecosystem;
 mod evidence;
@@ -28,7 +29,6 @@ mod signals;
 mod store;
 mod verdict;
 mod verify;
-mod watch;
 
 use clap::Parser;
 

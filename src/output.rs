@@ -1,5 +1,6 @@
 //! The one printer: human lines, a JSON document, or quiet; every text passes the redactor.
 
+use crate::code::Code;
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
@@ -70,11 +71,11 @@ pub struct Report {
     pub incident: Option<String>,
     /// The commit (or tree fingerprint) in place before the run, for deploy and rollback.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub before: Option<String>,
+    pub before: Option<crate::code::Code>,
     /// The commit (or tree fingerprint) the run put in place: what a deploy deployed, what a
     /// rollback restored.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub after: Option<String>,
+    pub after: Option<crate::code::Code>,
     /// `success`, `failed`, `rolled back`...
     pub verdict: String,
     /// Why, in one line.
@@ -158,7 +159,7 @@ impl Printer {
     }
 
     /// Record the code before and after the run (commit, or tree fingerprint).
-    pub fn set_codes(&mut self, before: Option<String>, after: Option<String>) {
+    pub fn set_codes(&mut self, before: Option<Code>, after: Option<Code>) {
         self.report.before = before;
         self.report.after = after;
     }

@@ -1,4 +1,4 @@
-//! `guard check`: the preflight, every check ok, warn or fail with its fix. Changes nothing.
+//! `guard check`: every check of the app and its setup, ok, warn or fail with its fix. Changes nothing.
 
 use anyhow::Result;
 use serde::Serialize;
@@ -6,7 +6,7 @@ use serde::Serialize;
 use super::Done;
 use crate::checks::{self, Check, Level};
 use crate::exit::Happened;
-use crate::ops::{Ctx, preflight};
+use crate::ops::{Ctx, inspect};
 
 /// `--json` data of `guard check`.
 #[derive(Serialize)]
@@ -19,8 +19,8 @@ struct CheckData<'a> {
 /// `guard check`.
 pub async fn run(ctx: &mut Ctx<'_>) -> Result<Done> {
     let tools = ctx.tools()?;
-    let found = preflight::run(ctx, &tools, true).await;
-    preflight::learn_ecosystem_env(ctx, found.declared.as_ref());
+    let found = inspect::run(ctx, &tools, true).await;
+    inspect::learn_ecosystem_env(ctx, found.declared.as_ref());
     for c in &found.checks {
         let word = match c.level {
             Level::Ok => "ok  ",

@@ -1,6 +1,7 @@
 //! `guard deploy`: back up, clean, run the deploy step, clean again, check the ecosystem,
 //! restart through PM2, verify, and roll back on its own when the new version is not healthy.
 
+use crate::code::Code;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -19,7 +20,7 @@ use crate::runner;
 use crate::settings::Strategy;
 use crate::store::Kind;
 use crate::verdict::Verdict;
-use crate::watch::Start;
+use crate::verify::rules::Start;
 
 /// A deploy step that runs longer than this is stopped and counts as failed.
 const DEPLOY_STEP_LIMIT: Duration = Duration::from_secs(3600);
@@ -36,9 +37,9 @@ struct DeployData {
     /// logs/deploy-step.log.
     step_output: Vec<String>,
     /// The commit (or tree fingerprint) before the deploy.
-    before: Option<String>,
+    before: Option<Code>,
     /// The commit in place after the deploy step (what was deployed).
-    deployed: Option<String>,
+    deployed: Option<Code>,
     /// `restart`, `reload` or `preflight`.
     strategy: Option<Strategy>,
     /// The verdict of the new release's preflight trial on a spare port, if it had one.
@@ -59,7 +60,7 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &DeployArgs) -> Result<Done> {
     ops::ecosystem_path(ctx)?;
     // `guard check`'s failures refuse the deploy before anything changes (among them the
     // incident's defaults on an app whose script lies in dist/); its warnings are shown.
-    ops::preflight::deploy_gate(ctx, &tools).await?;
+    ops::inspect::deploy_gate(ctx, &tools).await?;
     let step_cmd = deploy_command(ctx, args);
     let mut lock = ops::lock(ctx).await?;
 
@@ -177,7 +178,7 @@ async fn after_backup(
             .and_then(|d| match d {
                 Some(d) => {
                     // The release's ecosystem may bring new env values: mask them too.
-                    ops::preflight::learn_ecosystem_env(ctx, Some(&d));
+                    ops::inspect::learn_ecosystem_env(ctx, Some(&d));
                     let ok = ops::script_outside_clean(ctx, &d, &eco).map(|()| true);
                     declared = Some(d);
                     ok

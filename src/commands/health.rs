@@ -10,13 +10,13 @@ use crate::clean::{self, Artifact};
 use crate::cli::HealthArgs;
 use crate::ecosystem;
 use crate::exit::Happened;
-use crate::ops::{self, Ctx, preflight, restart};
+use crate::ops::{self, Ctx, inspect, restart};
 use crate::output::fmt_duration;
 use crate::pm2::Instance;
 use crate::probe::ProbeOutcome;
 use crate::resources;
 use crate::verdict::Verdict;
-use crate::watch::Start;
+use crate::verify::rules::Start;
 
 /// `--json` data of `guard health --wait`.
 #[derive(Serialize)]
@@ -214,8 +214,8 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &HealthArgs) -> Result<Done> {
             .flatten(),
         None => None,
     };
-    preflight::learn_ecosystem_env(ctx, declared.as_ref());
-    let (dsn, enabled) = preflight::sentry_state(ctx, declared.as_ref());
+    inspect::learn_ecosystem_env(ctx, declared.as_ref());
+    let (dsn, enabled) = inspect::sentry_state(ctx, declared.as_ref());
     let sentry_on = dsn
         && enabled
             .as_deref()

@@ -8,7 +8,6 @@ use crate::audit::{self, Entry};
 use crate::cli::HistoryArgs;
 use crate::exit::Happened;
 use crate::ops::Ctx;
-use crate::store::manifest::short_code;
 
 /// `--json` data of `guard history`.
 #[derive(Serialize)]
@@ -21,7 +20,7 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &HistoryArgs) -> Result<Done> {
     let entries = audit::read(ctx.store.dir(), args.limit)?;
     for e in &entries {
         let codes = match (&e.before, &e.after) {
-            (Some(b), Some(a)) => format!("  {} -> {}", short_code(b), short_code(a)),
+            (Some(b), Some(a)) => format!("  {} -> {}", b.short(), a.short()),
             _ => String::new(),
         };
         ctx.printer.row(format!(

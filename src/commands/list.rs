@@ -6,7 +6,6 @@ use serde::Serialize;
 use super::Done;
 use crate::exit::Happened;
 use crate::ops::Ctx;
-use crate::store::manifest::short_code;
 use crate::store::{Kind, RunRecord};
 
 /// One incident in `--json`.
@@ -49,15 +48,17 @@ pub async fn run(ctx: &mut Ctx<'_>) -> Result<Done> {
             .outcome
             .as_ref()
             .and_then(|o| match (&o.before, &o.after) {
-                (Some(b), Some(a)) if b != a => {
-                    Some(format!("  [{} -> {}]", short_code(b), short_code(a)))
+                (Some(b), Some(a)) if !b.same(a) => {
+                    Some(format!("  [{} -> {}]", b.short(), a.short()))
                 }
                 _ => None,
             })
             .unwrap_or_default();
         match &l.manifest {
             Ok(m) => {
-                let commit = m.fingerprint().unwrap_or_else(|| "-".into());
+                let commit = m
+                    .fingerprint()
+                    .map_or_else(|| "-".into(), |c| c.short().to_string());
                 ctx.printer.row(format!(
                     "{:<20} {:<24} {:<12} {:<13} {:<14} {:>9}  {}{codes}",
                     l.id, m.created_at, m.kind, commit, outcome, size, m.reason

@@ -1,6 +1,7 @@
 //! `guard rollback --incident ID|latest`: check the incident, snapshot what is there now,
 //! restore, restart, prove.
 
+use crate::code::Code;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -20,11 +21,11 @@ struct RollbackData {
     /// The incident restored.
     restored: String,
     /// The commit (or tree fingerprint) it restored.
-    restored_code: Option<String>,
+    restored_code: Option<Code>,
     /// The pre-rollback snapshot, to undo this rollback.
     before_incident: Option<String>,
     /// The commit (or tree fingerprint) before the rollback.
-    before: Option<String>,
+    before: Option<Code>,
     /// The verdict after the restart.
     verdict: Option<Verdict>,
 }
@@ -128,12 +129,12 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &RollbackArgs) -> Result<Done> {
             let s = match &before {
                 Some(b) => format!(
                     "incident {id} restored ({}) and verified healthy; undo with `guard rollback --incident {}`",
-                    data.restored_code.as_deref().unwrap_or("no commit"),
+                    data.restored_code.as_ref().map_or("no commit", Code::short),
                     b.id
                 ),
                 None => format!(
                     "incident {id} restored ({}) and verified healthy",
-                    data.restored_code.as_deref().unwrap_or("no commit")
+                    data.restored_code.as_ref().map_or("no commit", Code::short)
                 ),
             };
             data.verdict = Some(v);

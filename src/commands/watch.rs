@@ -24,7 +24,7 @@ pub async fn run(ctx: &mut Ctx<'_>) -> Result<Done> {
         .await
         .ok()
         .flatten();
-        ops::preflight::learn_ecosystem_env(ctx, declared.as_ref());
+        ops::inspect::learn_ecosystem_env(ctx, declared.as_ref());
     }
     // A destination whose token cannot be read is a config error: a watcher that cannot
     // alert must not look like one that can.

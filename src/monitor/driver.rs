@@ -23,7 +23,7 @@ use crate::runner;
 use crate::sdnotify::Notifier;
 use crate::settings::Settings;
 use crate::signals::Cancel;
-use crate::watch::Watched;
+use crate::verify::rules::Baseline;
 
 const TICK: Duration = Duration::from_millis(250);
 const PM2_EVERY_IN_EPISODE: Duration = Duration::from_secs(2);
@@ -88,9 +88,9 @@ async fn instances(pm2: &Pm2) -> Result<Vec<Instance>> {
     pm2.instances().await
 }
 
-fn watched_of(list: &[Instance]) -> Vec<Watched> {
+fn watched_of(list: &[Instance]) -> Vec<Baseline> {
     list.iter()
-        .map(|i| Watched {
+        .map(|i| Baseline {
             pm_id: i.pm_id,
             pid: i.pid,
             pid_path: i.pid_path.clone(),
@@ -138,7 +138,7 @@ impl Watcher<'_> {
         }
     }
 
-    /// Watch until SIGINT/SIGTERM.
+    /// Verification until SIGINT/SIGTERM.
     pub async fn run(mut self, mut notifier: Option<Notifier>) -> Result<Summary> {
         let t0 = Instant::now();
         let w = &self.settings.watch;
@@ -156,7 +156,7 @@ impl Watcher<'_> {
 
         let mut paused = lock::held_by_live_run(&backup_dir, &app);
         let mut paused_at_ms = jiff::Timestamp::now().as_millisecond();
-        let mut watched: Vec<Watched> = Vec::new();
+        let mut watched: Vec<Baseline> = Vec::new();
         let mut target: Option<Target> = None;
         let mut next_jlist = Instant::now();
         if !paused {

@@ -2,12 +2,13 @@
 //! verify, save, record, clean), each printed as one step line. Commands only sequence these;
 //! no command module imports another.
 
-pub mod preflight;
+pub mod inspect;
 pub mod restart;
 pub mod restore;
 pub mod snapshot;
 pub mod trial;
 
+use crate::code::Code;
 use std::time::Instant;
 
 use anyhow::Result;
@@ -198,9 +199,9 @@ pub fn script_outside_clean(
 }
 
 /// The commit checked out in app.dir, if it is a git work tree.
-pub async fn current_commit(ctx: &Ctx<'_>) -> Option<String> {
+pub async fn current_commit(ctx: &Ctx<'_>) -> Option<Code> {
     let git = Git::open(&ctx.settings.app.dir).await?;
-    git.head().await.ok()
+    git.head().await.ok().map(Code::commit)
 }
 
 /// Record the outcome in an incident's outcome.json; a failure to do so is only logged.
@@ -210,8 +211,8 @@ pub fn record(
     command: &str,
     status: ExitStatus,
     summary: &str,
-    before: Option<String>,
-    after: Option<String>,
+    before: Option<Code>,
+    after: Option<Code>,
 ) {
     if id.is_empty() {
         return;

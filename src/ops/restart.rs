@@ -11,7 +11,7 @@ use crate::output::StepState;
 use crate::signals::Cancel;
 use crate::verdict::{Reason, Verdict};
 use crate::verify;
-use crate::watch::{Rules, Start};
+use crate::verify::rules::{Rules, Start};
 
 /// `pm2 delete` + `pm2 start` from the ecosystem, as a step. Returns where the PM2 logs
 /// ended before it (evidence is what comes after); Err is the verdict to report when PM2

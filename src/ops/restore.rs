@@ -2,6 +2,7 @@
 //! `git reset --hard` + patch), HEAD and the index moved to the recorded commit, then, for a
 //! restart, proof that what runs is what was restored.
 
+use crate::code::Code;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -14,7 +15,7 @@ use crate::output::StepState;
 use crate::redact::{Redactor, is_env_file};
 use crate::store::{Part, Verified, tree};
 use crate::verdict::{Reason, Verdict};
-use crate::watch::Start;
+use crate::verify::rules::Start;
 
 /// Refuse, before anything changes, an incident that cannot be restored here: a commit that
 /// is not in the repository, or a stored object that is missing or corrupted among those the
@@ -102,7 +103,7 @@ pub async fn put_back(ctx: &mut Ctx<'_>, target: &Verified) -> Result<Restored> 
         Some(g) => g.head().await.ok(),
         None => None,
     };
-    let short = |c: &str| c[..c.len().min(12)].to_string();
+    let short = |c: &str| Code::commit(c).short().to_string();
     let tree_entries = tree_without_artifacts(ctx, target)?;
     let mut written = tree::Written::new();
     if let Some(entries) = &tree_entries {

@@ -1,6 +1,7 @@
 //! Taking a snapshot: the whole app tree (contents deduplicated in the object store), the git
 //! commit, PM2's dump and process list, into a new incident; then retention.
 
+use crate::code::Code;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -17,7 +18,7 @@ pub struct Taken {
     /// The incident id.
     pub id: String,
     /// The commit, else the tree fingerprint, for records.
-    pub fingerprint: Option<String>,
+    pub fingerprint: Option<Code>,
 }
 
 /// Snapshot the app into a new incident and apply retention (never pruning `protect`).
@@ -129,7 +130,7 @@ pub async fn take(
         if has_dump { " + dump.pm2" } else { "" },
         commit
             .as_ref()
-            .map(|c| format!(", commit {}", &c[..c.len().min(12)]))
+            .map(|c| format!(", commit {}", Code::commit(c.as_str()).short()))
             .unwrap_or_default(),
     );
     if !pruned.is_empty() {
@@ -138,6 +139,6 @@ pub async fn take(
     ctx.printer
         .step("backup", StepState::Ok, t.elapsed(), detail);
     ctx.printer.set_incident(&id);
-    let fingerprint = commit.or_else(|| Some(format!("tree {}", &sha256[..12])));
+    let fingerprint = Some(commit.map_or_else(|| Code::tree(&sha256), Code::commit));
     Ok(Taken { id, fingerprint })
 }

@@ -21,7 +21,7 @@ use crate::probe::Prober;
 use crate::runner;
 use crate::verdict::{Reason, Verdict};
 use crate::verify;
-use crate::watch::Start;
+use crate::verify::rules::Start;
 
 /// Appended to the app's name for its trial process.
 pub const SUFFIX: &str = "-guard-trial";

@@ -4,6 +4,7 @@
 //! Manifests of format 1 (guard 0.1: single files, a commit and a patch) are read and turned
 //! into parts, so they still restore.
 
+use crate::code::Code;
 use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -250,15 +251,12 @@ impl Manifest {
 
     /// What identifies the code of this snapshot for a person: the commit, else the tree's
     /// fingerprint, shortened.
-    pub fn fingerprint(&self) -> Option<String> {
+    pub fn fingerprint(&self) -> Option<Code> {
         if let Some(c) = self.commit() {
-            return Some(c[..c.len().min(12)].to_string());
+            return Some(Code::commit(c));
         }
         match self.tree() {
-            Some(Part::Tree { index, .. }) => Some(format!(
-                "tree {}",
-                &index.sha256[..12.min(index.sha256.len())]
-            )),
+            Some(Part::Tree { index, .. }) => Some(Code::tree(&index.sha256)),
             _ => None,
         }
     }
@@ -273,21 +271,12 @@ impl Manifest {
                 }
                 Part::Files { files } => said.push(format!("{} file(s)", files.len())),
                 Part::Git { commit, .. } => {
-                    said.push(format!("commit {}", &commit[..commit.len().min(12)]));
+                    said.push(format!("commit {}", Code::commit(commit.as_str()).short()));
                 }
                 Part::Pm2Dump { .. } => said.push("dump.pm2".into()),
             }
         }
         said.join(", ")
-    }
-}
-
-/// A commit shortened to 12 characters; a tree fingerprint (`tree 1a2b...`) as it is.
-pub fn short_code(code: &str) -> &str {
-    if code.starts_with("tree ") {
-        code
-    } else {
-        &code[..code.len().min(12)]
     }
 }
 

@@ -56,10 +56,10 @@ pub struct RunRecord {
     pub at: String,
     /// The commit (or tree fingerprint) in place before the run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub before: Option<String>,
+    pub before: Option<crate::code::Code>,
     /// The commit (or tree fingerprint) in place after it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub after: Option<String>,
+    pub after: Option<crate::code::Code>,
 }
 
 /// An incident folder found in the store.

@@ -165,6 +165,20 @@ fn latest_skips_pre_rollback_snapshots_and_says_which_it_picked() {
         run.stdout
     );
     assert_eq!(app.version().as_deref(), Some("v1"));
+    // That rollback went from v1 to v1: its record says so with one code, whole, on both
+    // sides, and the listing shows no change (it once stored 40 characters against 12).
+    let doc = app.guard(&["--json", "incidents"]).json();
+    let newest = &doc["data"]["incidents"][0]["outcome"];
+    assert_eq!(newest["command"], "rollback", "{newest}");
+    assert_eq!(
+        newest["before"].as_str().map(str::len),
+        Some(40),
+        "{newest}"
+    );
+    assert_eq!(newest["before"], newest["after"], "{newest}");
+    let list = app.guard(&["incidents"]);
+    let row = list.stdout.lines().nth(1).unwrap_or_default();
+    assert!(!row.contains(" -> "), "no change to show: {row}");
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! The async driver of the verification rules in `watch`: HTTP probes, PM2's pid files and
+//! The async driver of the verification rules in `rules`: HTTP probes, PM2's pid files and
 //! PM2's process list watched at once, with a verdict the moment it is known.
 //!
 //! Crashes are seen through the pid files PM2 keeps in `$PM2_HOME/pids/` (a read and a
@@ -11,17 +11,17 @@ use std::time::Duration;
 use anyhow::Result;
 use tokio::time::Instant;
 
+use super::rules::{Baseline, Next, Progress, Rules, Verification};
 use crate::pm2::{Pm2, pid_alive};
 use crate::probe::{Probe, ProbeOutcome, Prober};
 use crate::signals::Cancel;
 use crate::verdict::{Change, Verdict};
-use crate::watch::{Next, Progress, Rules, Watch, Watched};
 
 const PID_WATCH_EVERY: Duration = Duration::from_millis(100);
 const JLIST_EVERY: Duration = Duration::from_secs(3);
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
-/// Watch the app until it is proven healthy or unhealthy; `progress` hears where it stands
+/// Verification the app until it is proven healthy or unhealthy; `progress` hears where it stands
 /// every second (for the progress line of a long wait).
 pub async fn verify(
     pm2: &Pm2,
@@ -34,7 +34,7 @@ pub async fn verify(
     let t0 = Instant::now();
     let t0_wall = jiff::Timestamp::now().as_millisecond();
     let instances = pm2.instances().await?;
-    let mut watch = match Watch::begin(instances, rules, pm2.name(), t0_wall) {
+    let mut machine = match Verification::begin(instances, rules, pm2.name(), t0_wall) {
         Ok(w) => w,
         Err(v) => return Ok(*v),
     };
@@ -53,22 +53,22 @@ pub async fn verify(
                 tracing::debug!(outcome = %probe.outcome, latency_ms = probe.latency.as_millis() as u64, "probe");
                 let started = Instant::now() - probe.latency;
                 let refused = matches!(probe.outcome, ProbeOutcome::NotListening(_));
-                let next = watch.on_probe(probe.outcome, t0.elapsed());
+                let next = machine.on_probe(probe.outcome, t0.elapsed());
                 if let Next::Suspect(reason) = next {
                     // A refused or reset connection is often a process dying: look at the
                     // pid files for up to 200 ms, so the verdict names the crash rather than
                     // its symptom.
-                    let mut change = pid_change(watch.watched());
+                    let mut change = pid_change(machine.baselines());
                     if refused {
                         for _ in 0..10 {
                             if change.is_some() { break; }
                             tokio::time::sleep(Duration::from_millis(20)).await;
-                            change = pid_change(watch.watched());
+                            change = pid_change(machine.baselines());
                         }
                     }
                     match change {
                         Some(c) => Next::Confirm(c),
-                        None => return Ok(*watch.fail(reason, t0.elapsed())),
+                        None => return Ok(*machine.fail(reason, t0.elapsed())),
                     }
                 } else {
                     let wait = interval.saturating_sub(started.elapsed());
@@ -76,16 +76,16 @@ pub async fn verify(
                     next
                 }
             }
-            _ = pid_tick.tick() => watch.on_pids(pid_change(watch.watched())),
+            _ = pid_tick.tick() => machine.on_pids(pid_change(machine.baselines())),
             _ = progress_tick.tick() => {
-                progress(watch.progress(t0.elapsed()));
+                progress(machine.progress(t0.elapsed()));
                 Next::Continue
             }
-            _ = jlist_tick.tick() => watch.on_jlist(pm2.instances().await?, t0.elapsed()),
-            _ = tokio::time::sleep_until(t0 + watch.due()) => watch.on_due(t0.elapsed()),
+            _ = jlist_tick.tick() => machine.on_jlist(pm2.instances().await?, t0.elapsed()),
+            _ = tokio::time::sleep_until(t0 + machine.due()) => machine.on_due(t0.elapsed()),
             _ = cancel.cancelled() => {
                 let sig = cancel.signal().unwrap_or(libc::SIGINT);
-                return Ok(*watch.interrupted(sig, t0.elapsed()));
+                return Ok(*machine.interrupted(sig, t0.elapsed()));
             }
         };
         match next {
@@ -95,12 +95,12 @@ pub async fn verify(
                 // the exact reason.
                 let seen_at = t0.elapsed();
                 let now = pm2.instances().await.ok();
-                return Ok(*watch.crashed(change, seen_at, now));
+                return Ok(*machine.crashed(change, seen_at, now));
             }
             Next::Finish => {
                 let instances = pm2.instances().await?;
-                let change = pid_change(watch.watched());
-                return Ok(*watch.finish(instances, change, t0.elapsed()));
+                let change = pid_change(machine.baselines());
+                return Ok(*machine.finish(instances, change, t0.elapsed()));
             }
             Next::Verdict(v) => return Ok(*v),
         }
@@ -108,7 +108,7 @@ pub async fn verify(
 }
 
 /// A died or replaced process, from the pid files alone.
-pub fn pid_change<'a>(watched: impl Iterator<Item = &'a Watched>) -> Option<Change> {
+pub fn pid_change<'a>(watched: impl Iterator<Item = &'a Baseline>) -> Option<Change> {
     for w in watched {
         let (Some(pid), Some(path)) = (w.pid, &w.pid_path) else {
             continue;
@@ -159,7 +159,7 @@ mod tests {
         let file = dir.path().join("api-0.pid");
         let me = std::process::id();
         std::fs::write(&file, me.to_string()).unwrap();
-        let w = [Watched {
+        let w = [Baseline {
             pm_id: 0,
             pid: Some(me),
             pid_path: Some(file.clone()),

@@ -1,4 +1,4 @@
-//! The verification rules as a state machine: it is fed observations (probe results, pid-file
+//! The deploy verification rules as a state machine: it is fed observations (probe results, pid-file
 //! changes, PM2's process list, the passing of time) and answers with what the driver should
 //! do next or with a verdict. It does no I/O and reads no clock, so every rule is unit-tested
 //! without PM2; `verify` drives it for one deploy, and a long-running watcher can drive the
@@ -34,7 +34,7 @@ pub struct Rules {
 
 /// One instance as first seen: the baseline every later observation is compared with.
 #[derive(Debug, Clone)]
-pub struct Watched {
+pub struct Baseline {
     /// PM2 id.
     pub pm_id: u32,
     /// OS pid, once known.
@@ -51,13 +51,13 @@ pub enum Next {
     /// Keep watching.
     Continue,
     /// The probe says the app is failing: look at the pid files (a dying process shows there
-    /// first), then call [`Watch::crashed`] with a change found, or [`Watch::fail`] with this
+    /// first), then call [`Verification::crashed`] with a change found, or [`Verification::fail`] with this
     /// reason.
     Suspect(Reason),
-    /// A pid file shows a crash: ask PM2 once for the exact state and call [`Watch::crashed`].
+    /// A pid file shows a crash: ask PM2 once for the exact state and call [`Verification::crashed`].
     Confirm(Change),
     /// The window has passed: take PM2's list and the pid files once more and call
-    /// [`Watch::finish`].
+    /// [`Verification::finish`].
     Finish,
     /// Decided.
     Verdict(Box<Verdict>),
@@ -65,11 +65,11 @@ pub enum Next {
 
 /// The verification state of one run.
 #[derive(Debug)]
-pub struct Watch {
+pub struct Verification {
     rules: Rules,
     t0_wall_ms: i64,
     ready_at: Option<Duration>,
-    watched: BTreeMap<u32, Watched>,
+    watched: BTreeMap<u32, Baseline>,
     probes: u32,
     passed: u32,
     last: Option<ProbeOutcome>,
@@ -112,7 +112,7 @@ impl std::fmt::Display for Progress {
 }
 
 /// What changed for one instance against its baseline, if anything.
-pub fn instance_problem(inst: &Instance, base: Option<&Watched>, start: Start) -> Option<Change> {
+pub fn instance_problem(inst: &Instance, base: Option<&Baseline>, start: Start) -> Option<Change> {
     if inst.status != "online" && inst.status != "launching" {
         return Some(Change::Status {
             instance: inst.pm_id,
@@ -139,7 +139,7 @@ pub fn instance_problem(inst: &Instance, base: Option<&Watched>, start: Start) -
     }
 }
 
-impl Watch {
+impl Verification {
     /// Start watching these instances, first seen at time zero (`t0_wall_ms` on the wall
     /// clock). An app that is not running, or already failing, is a verdict at once.
     pub fn begin(
@@ -147,8 +147,8 @@ impl Watch {
         rules: Rules,
         app: &str,
         t0_wall_ms: i64,
-    ) -> Result<Watch, Box<Verdict>> {
-        let watch = Watch {
+    ) -> Result<Verification, Box<Verdict>> {
+        let watch = Verification {
             rules,
             t0_wall_ms,
             ready_at: None,
@@ -157,7 +157,7 @@ impl Watch {
                 .map(|i| {
                     (
                         i.pm_id,
-                        Watched {
+                        Baseline {
                             pm_id: i.pm_id,
                             pid: i.pid,
                             pid_path: i.pid_path.clone(),
@@ -197,7 +197,7 @@ impl Watch {
     }
 
     /// The baselines, for the driver's pid-file reads.
-    pub fn watched(&self) -> impl Iterator<Item = &Watched> {
+    pub fn baselines(&self) -> impl Iterator<Item = &Baseline> {
         self.watched.values()
     }
 
@@ -268,7 +268,7 @@ impl Watch {
         Next::Continue
     }
 
-    /// The time from [`Watch::due`] has come.
+    /// The time from [`Verification::due`] has come.
     pub fn on_due(&mut self, now: Duration) -> Next {
         if self.ready_at.is_some() {
             return Next::Finish;
@@ -441,7 +441,7 @@ mod tests {
 
     #[test]
     fn counter_or_pid_changes_against_the_baseline_are_problems() {
-        let base = Watched {
+        let base = Baseline {
             pm_id: 0,
             pid: Some(10),
             pid_path: None,
@@ -465,9 +465,10 @@ mod tests {
 
     #[test]
     fn not_running_or_already_restarted_is_decided_at_once() {
-        let v = *Watch::begin(vec![], FRESH, "api", 0).unwrap_err();
+        let v = *Verification::begin(vec![], FRESH, "api", 0).unwrap_err();
         assert!(matches!(v.reason, Reason::NotRunning { .. }));
-        let v = *Watch::begin(vec![inst("online", Some(1), 1)], FRESH, "api", 0).unwrap_err();
+        let v =
+            *Verification::begin(vec![inst("online", Some(1), 1)], FRESH, "api", 0).unwrap_err();
         assert!(matches!(
             v.reason,
             Reason::CrashedAtStart { after_ms: None, .. }
@@ -476,7 +477,8 @@ mod tests {
 
     #[test]
     fn healthy_needs_a_pass_then_the_whole_window() {
-        let mut w = Watch::begin(vec![inst("online", Some(1), 0)], FRESH, "api", 1000).unwrap();
+        let mut w =
+            Verification::begin(vec![inst("online", Some(1), 0)], FRESH, "api", 1000).unwrap();
         assert_eq!(w.due(), s(20));
         assert_eq!(
             w.on_probe(
@@ -506,7 +508,7 @@ mod tests {
 
     #[test]
     fn a_failing_probe_before_ready_fails_only_when_it_is_the_apps_answer() {
-        let mut w = Watch::begin(vec![inst("online", Some(1), 0)], FRESH, "api", 0).unwrap();
+        let mut w = Verification::begin(vec![inst("online", Some(1), 0)], FRESH, "api", 0).unwrap();
         match w.on_probe(ProbeOutcome::Status(500), s(1)) {
             Next::Suspect(r) => {
                 let v = w.fail(r, s(1));
@@ -519,7 +521,7 @@ mod tests {
 
     #[test]
     fn any_failure_inside_the_window_is_suspect() {
-        let mut w = Watch::begin(vec![inst("online", Some(1), 0)], FRESH, "api", 0).unwrap();
+        let mut w = Verification::begin(vec![inst("online", Some(1), 0)], FRESH, "api", 0).unwrap();
         w.on_probe(ProbeOutcome::Pass(200), s(1));
         let next = w.on_probe(
             ProbeOutcome::NotListening("connection refused".into()),
@@ -536,7 +538,7 @@ mod tests {
 
     #[test]
     fn a_crash_names_when_it_happened_and_what_pm2_says() {
-        let mut w = Watch::begin(vec![inst("online", Some(1), 0)], FRESH, "api", 0).unwrap();
+        let mut w = Verification::begin(vec![inst("online", Some(1), 0)], FRESH, "api", 0).unwrap();
         let gone = Change::PidGone {
             instance: 0,
             pid: 1,
@@ -556,7 +558,7 @@ mod tests {
             }
         );
         // After a pass it is "restarted after", and without PM2's answer the pid change stands.
-        let mut w = Watch::begin(vec![inst("online", Some(1), 0)], FRESH, "api", 0).unwrap();
+        let mut w = Verification::begin(vec![inst("online", Some(1), 0)], FRESH, "api", 0).unwrap();
         w.on_probe(ProbeOutcome::Pass(200), s(1));
         let v = w.crashed(gone.clone(), s(3), None);
         assert_eq!(
@@ -571,7 +573,7 @@ mod tests {
 
     #[test]
     fn the_periodic_list_catches_errored_and_vanished_instances() {
-        let mut w = Watch::begin(vec![inst("online", Some(1), 0)], FRESH, "api", 0).unwrap();
+        let mut w = Verification::begin(vec![inst("online", Some(1), 0)], FRESH, "api", 0).unwrap();
         let v = verdict(w.on_jlist(vec![inst("errored", None, 3)], s(3)));
         assert!(matches!(
             v.reason,
@@ -580,7 +582,7 @@ mod tests {
                 ..
             }
         ));
-        let mut w = Watch::begin(vec![inst("online", Some(1), 0)], FRESH, "api", 0).unwrap();
+        let mut w = Verification::begin(vec![inst("online", Some(1), 0)], FRESH, "api", 0).unwrap();
         let v = verdict(w.on_jlist(vec![], s(3)));
         assert!(matches!(
             v.reason,
@@ -593,7 +595,7 @@ mod tests {
 
     #[test]
     fn the_deadline_without_a_pass_names_the_last_probe() {
-        let mut w = Watch::begin(vec![inst("online", Some(1), 0)], FRESH, "api", 0).unwrap();
+        let mut w = Verification::begin(vec![inst("online", Some(1), 0)], FRESH, "api", 0).unwrap();
         w.on_probe(ProbeOutcome::NotReady, s(19));
         let v = verdict(w.on_due(s(20)));
         assert!(
@@ -610,7 +612,7 @@ mod tests {
             stable_for: Duration::ZERO,
             ..FRESH
         };
-        let mut w = Watch::begin(vec![inst("online", Some(1), 0)], rules, "api", 0).unwrap();
+        let mut w = Verification::begin(vec![inst("online", Some(1), 0)], rules, "api", 0).unwrap();
         assert_eq!(w.on_probe(ProbeOutcome::Pass(200), s(1)), Next::Finish);
         let v = w.finish(vec![inst("online", Some(1), 1)], None, s(1));
         assert!(!v.healthy, "a restart seen at the final look still fails");

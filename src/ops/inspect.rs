@@ -15,7 +15,7 @@ use crate::store::tree;
 
 /// What the checks found, with the app's declaration for the status block.
 #[derive(Debug, Default)]
-pub struct Found {
+pub struct Inspection {
     /// Every check, in a fixed order.
     pub checks: Vec<Check>,
     /// The app as the ecosystem declares it, when it loaded.
@@ -61,8 +61,8 @@ pub fn sentry_state(ctx: &Ctx<'_>, declared: Option<&Declared>) -> (bool, Option
 }
 
 /// Run every check. `pm2_calls` allows the one `pm2 jlist` the saved-list check needs.
-pub async fn run(ctx: &Ctx<'_>, tools: &Tools, pm2_calls: bool) -> Found {
-    let mut found = Found::default();
+pub async fn run(ctx: &Ctx<'_>, tools: &Tools, pm2_calls: bool) -> Inspection {
+    let mut found = Inspection::default();
     let settings = &ctx.settings;
     let app_dir = &settings.app.dir;
 
