@@ -129,6 +129,19 @@ impl AlertConfig {
     pub fn any(&self) -> bool {
         !self.webhook.is_empty() || !self.slack.is_empty() || !self.telegram.is_empty()
     }
+
+    /// The files secrets are read from (`*_file` settings).
+    pub fn secret_files(&self) -> impl Iterator<Item = &Path> {
+        self.webhook
+            .iter()
+            .chain(&self.slack)
+            .chain(self.telegram.iter().map(|t| &t.token))
+            .chain(self.heartbeat.iter().map(|h| &h.url))
+            .filter_map(|s| match s {
+                Secret::File(p) => Some(p.as_path()),
+                _ => None,
+            })
+    }
 }
 
 /// `[check]`: the PM2 fail-fast policy `guard check` expects.
@@ -196,6 +209,9 @@ pub struct Health {
     pub interval: Duration,
     /// Text the body must contain, if set.
     pub expect_body: Option<String>,
+    /// Timed-out probes in a row that fail a verification: one slow answer on a busy host
+    /// is retried at once (as Kubernetes' `failureThreshold`), a hanging `/health` still fails.
+    pub timeouts_in_a_row: u32,
 }
 
 /// `[pm2]`
@@ -548,6 +564,12 @@ struct RawHealth {
     #[serde(default = "default_interval", with = "humantime_serde")]
     interval: Duration,
     expect_body: Option<String>,
+    #[serde(default = "default_timeouts_in_a_row")]
+    timeouts_in_a_row: u32,
+}
+
+fn default_timeouts_in_a_row() -> u32 {
+    3
 }
 
 #[derive(Debug, Deserialize)]
@@ -689,7 +711,7 @@ fn resolve(raw: RawConfig, base: &Path, path: &Path) -> std::result::Result<Sett
         .iter()
         .map(|f| relative_path("backup.files", f))
         .collect::<Result<Vec<_>, _>>()?;
-    let exclude = crate::store::tree::Excludes::new(&raw.backup.exclude)?;
+    let mut exclude = crate::store::tree::Excludes::new(&raw.backup.exclude)?;
     let keep = raw.backup.keep.unwrap_or(DEFAULT_KEEP);
     if keep == 0 {
         return Err("backup.keep must be at least 1".into());
@@ -741,6 +763,12 @@ fn resolve(raw: RawConfig, base: &Path, path: &Path) -> std::result::Result<Sett
         if value.is_zero() {
             return Err(format!("{key} must be greater than zero"));
         }
+    }
+    if !(1..=20).contains(&h.timeouts_in_a_row) {
+        return Err(format!(
+            "health.timeouts_in_a_row must be between 1 and 20, not {}",
+            h.timeouts_in_a_row
+        ));
     }
     if h.interval < Duration::from_millis(50) {
         return Err("health.interval must be at least 50ms".into());
@@ -811,6 +839,16 @@ fn resolve(raw: RawConfig, base: &Path, path: &Path) -> std::result::Result<Sett
     }
     let watch = resolve_watch(&raw.watch)?;
     let alert = resolve_alert(&raw.alert, base)?;
+    // guard's own config, and the files it reads secrets from, are never captured or
+    // restored: a rollback to an older snapshot must not bring back an older guard.toml (a
+    // webhook gone, another strategy) without a word.
+    for own in std::iter::once(path).chain(alert.secret_files()) {
+        let own = absolute_from(base, own);
+        let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        if let Ok(rel) = canonical(&own).strip_prefix(canonical(&dir)) {
+            exclude.add_own(rel);
+        }
+    }
 
     Ok(Settings {
         watch,
@@ -853,6 +891,7 @@ fn resolve(raw: RawConfig, base: &Path, path: &Path) -> std::result::Result<Sett
             stable_for: h.stable_for,
             interval: h.interval,
             expect_body: h.expect_body.clone(),
+            timeouts_in_a_row: h.timeouts_in_a_row,
         },
         pm2: Pm2Config {
             bin: pm2_bin,

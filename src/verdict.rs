@@ -171,6 +171,16 @@ pub enum Reason {
         /// What PM2 showed.
         change: Change,
     },
+    /// It failed to load but did not exit (PM2 swallowed the error: an ESM entry that throws
+    /// at import), and nothing listens: it never will.
+    FailedToLoad {
+        /// When it was decided, after the start of verification.
+        after_ms: u64,
+        /// PM2 id.
+        instance: u32,
+        /// The error line from the app's error log.
+        error: String,
+    },
     /// A running app (`health --wait`) is already in a bad state at the first look.
     Unstable {
         /// What PM2 showed.
@@ -253,6 +263,15 @@ impl fmt::Display for Reason {
                 "restarted after {:.1}s ({:.1}s after it first answered): {change}",
                 secs(*after_ms),
                 secs(*since_ready_ms)
+            ),
+            Reason::FailedToLoad {
+                after_ms,
+                instance,
+                error,
+            } => write!(
+                f,
+                "failed to load ({:.1}s after the restart): instance {instance} logged `{error}` and listens on nothing; PM2 keeps it online without restarting it",
+                secs(*after_ms)
             ),
             Reason::Unstable { change } => write!(f, "{change}"),
             Reason::ProbeFailed {

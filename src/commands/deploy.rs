@@ -274,7 +274,7 @@ async fn after_backup(
         Ok(o) => {
             offsets = o;
             let cancel = ctx.cancel.clone();
-            restart::verify_step(ctx, tools, start, &cancel).await?
+            restart::verify_step(ctx, tools, start, Some(&offsets), &cancel).await?
         }
         Err(v) => v,
     };

@@ -91,7 +91,7 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &HealthArgs) -> Result<Done> {
     let (pm2, prober) = (&tools.pm2, &tools.prober);
     if args.wait {
         let cancel = ctx.cancel.clone();
-        let v = restart::verify_step(ctx, &tools, Start::Existing, &cancel).await?;
+        let v = restart::verify_step(ctx, &tools, Start::Existing, None, &cancel).await?;
         let happened = if v.healthy {
             Happened::Done
         } else {

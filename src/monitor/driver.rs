@@ -138,7 +138,7 @@ impl Watcher<'_> {
         }
     }
 
-    /// Verification until SIGINT/SIGTERM.
+    /// Watch until SIGINT/SIGTERM.
     pub async fn run(mut self, mut notifier: Option<Notifier>) -> Result<Summary> {
         let t0 = Instant::now();
         let w = &self.settings.watch;

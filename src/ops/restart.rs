@@ -148,14 +148,17 @@ pub fn rules(ctx: &Ctx<'_>, start: Start) -> Rules {
         deadline: ctx.settings.health.deadline,
         stable_for: ctx.settings.health.stable_for,
         start,
+        timeouts_in_a_row: ctx.settings.health.timeouts_in_a_row,
     }
 }
 
-/// Verify and print the verdict as a step.
+/// Verify and print the verdict as a step; `since`: where the PM2 logs ended before the
+/// restart, if guard restarted the app.
 pub async fn verify_step(
     ctx: &mut Ctx<'_>,
     tools: &Tools,
     start: Start,
+    since: Option<&Offsets>,
     cancel: &Cancel,
 ) -> Result<Verdict> {
     let printer = &*ctx.printer;
@@ -164,6 +167,7 @@ pub async fn verify_step(
         &tools.prober,
         rules(ctx, start),
         ctx.settings.health.interval,
+        since,
         cancel,
         &mut |p| printer.progress("verify", &p.to_string()),
     )

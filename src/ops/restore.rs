@@ -215,10 +215,13 @@ pub async fn restore_and_restart(
     // The restored files go to disk while the app starts and is verified, not before.
     let dir = ctx.settings.app.dir.clone();
     let flush = tokio::task::spawn_blocking(move || tree::sync_fs(&dir));
-    if let Err(v) = restart::restart(ctx, tools).await {
-        let _ = flush.await;
-        return Ok(v);
-    }
+    let offsets = match restart::restart(ctx, tools).await {
+        Ok(o) => o,
+        Err(v) => {
+            let _ = flush.await;
+            return Ok(v);
+        }
+    };
     let never = crate::signals::Cancel::never();
     let rules = restart::rules(ctx, Start::Fresh);
     let printer = &*ctx.printer;
@@ -227,6 +230,7 @@ pub async fn restore_and_restart(
         &tools.prober,
         rules,
         ctx.settings.health.interval,
+        Some(&offsets),
         &never,
         &mut |p| printer.progress("verify", &p.to_string()),
     )

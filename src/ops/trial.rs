@@ -174,6 +174,7 @@ pub async fn run(ctx: &mut Ctx<'_>, tools: &Tools, ecosystem: &Path, id: &str) -
                 &prober,
                 rules,
                 ctx.settings.health.interval,
+                Some(&offsets),
                 &cancel,
                 &mut |p| printer.progress("preflight", &p.to_string()),
             )

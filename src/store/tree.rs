@@ -214,6 +214,9 @@ fn check_rel(p: &Path) -> Result<(), String> {
 #[derive(Debug, Clone, Default)]
 pub struct Excludes {
     rules: Vec<Rule>,
+    /// guard's own files inside app.dir (its config, secret files), relative: never in a
+    /// snapshot, never touched by a restore.
+    own: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -255,13 +258,23 @@ impl Excludes {
                 dir_only,
             });
         }
-        Ok(Excludes { rules })
+        Ok(Excludes {
+            rules,
+            own: Vec::new(),
+        })
+    }
+
+    /// Exclude one of guard's own files (relative to app.dir).
+    pub fn add_own(&mut self, rel: &Path) {
+        if !rel.as_os_str().is_empty() {
+            self.own.push(rel.to_path_buf());
+        }
     }
 
     /// Whether `rel` (a folder when `is_dir`) is excluded. `.git` always is.
     pub fn excluded(&self, rel: &Path, is_dir: bool) -> bool {
         let name = rel.file_name().unwrap_or_default();
-        if name == ".git" {
+        if name == ".git" || self.own.iter().any(|o| o == rel) {
             return true;
         }
         let Some(rel_s) = rel.to_str() else {

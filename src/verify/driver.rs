@@ -12,6 +12,8 @@ use anyhow::Result;
 use tokio::time::Instant;
 
 use super::rules::{Baseline, Next, Progress, Rules, Verification};
+use super::load_errors::{LoadErrors, listens};
+use crate::evidence::Offsets;
 use crate::pm2::{Pm2, pid_alive};
 use crate::probe::{Probe, ProbeOutcome, Prober};
 use crate::signals::Cancel;
@@ -20,20 +22,28 @@ use crate::verdict::{Change, Verdict};
 const PID_WATCH_EVERY: Duration = Duration::from_millis(100);
 const JLIST_EVERY: Duration = Duration::from_secs(3);
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// The error logs are read this often, and only while nothing has answered yet.
+const LOAD_ERRORS_EVERY: Duration = Duration::from_millis(250);
 
-/// Verification the app until it is proven healthy or unhealthy; `progress` hears where it stands
-/// every second (for the progress line of a long wait).
+/// Watch the app until it is proven healthy or unhealthy; `progress` hears where it stands
+/// every second (for the progress line of a long wait). `since`: where the PM2 logs ended
+/// before the restart (None for an app guard did not restart), for the load errors written
+/// since.
 pub async fn verify(
     pm2: &Pm2,
     prober: &Prober,
     rules: Rules,
     interval: Duration,
+    since: Option<&Offsets>,
     cancel: &Cancel,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Verdict> {
     let t0 = Instant::now();
     let t0_wall = jiff::Timestamp::now().as_millisecond();
     let instances = pm2.instances().await?;
+    let mut load_errors = LoadErrors::new(&instances, since);
+    // Whether the last probe found nothing listening: a load error counts only then.
+    let mut refused = false;
     let mut machine = match Verification::begin(instances, rules, pm2.name(), t0_wall) {
         Ok(w) => w,
         Err(v) => return Ok(*v),
@@ -44,6 +54,8 @@ pub async fn verify(
     pid_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut jlist_tick = tokio::time::interval_at(t0 + JLIST_EVERY, JLIST_EVERY);
     jlist_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut load_tick = tokio::time::interval(LOAD_ERRORS_EVERY);
+    load_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut progress_tick = tokio::time::interval_at(t0 + PROGRESS_EVERY, PROGRESS_EVERY);
     progress_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -52,7 +64,7 @@ pub async fn verify(
             probe = &mut probe_fut => {
                 tracing::debug!(outcome = %probe.outcome, latency_ms = probe.latency.as_millis() as u64, "probe");
                 let started = Instant::now() - probe.latency;
-                let refused = matches!(probe.outcome, ProbeOutcome::NotListening(_));
+                refused = matches!(probe.outcome, ProbeOutcome::NotListening(_));
                 let next = machine.on_probe(probe.outcome, t0.elapsed());
                 if let Next::Suspect(reason) = next {
                     // A refused or reset connection is often a process dying: look at the
@@ -70,6 +82,9 @@ pub async fn verify(
                         Some(c) => Next::Confirm(c),
                         None => return Ok(*machine.fail(reason, t0.elapsed())),
                     }
+                } else if next == Next::ProbeAgain {
+                    probe_fut = Box::pin(probe_after(prober.clone(), Duration::ZERO));
+                    Next::Continue
                 } else {
                     let wait = interval.saturating_sub(started.elapsed());
                     probe_fut = Box::pin(probe_after(prober.clone(), wait));
@@ -77,6 +92,13 @@ pub async fn verify(
                 }
             }
             _ = pid_tick.tick() => machine.on_pids(pid_change(machine.baselines())),
+            _ = load_tick.tick() => {
+                let seen = load_errors.poll().filter(|(instance, _)| {
+                    let pid = machine.baselines().find(|b| b.pm_id == *instance).and_then(|b| b.pid);
+                    refused && pid.and_then(listens) != Some(true)
+                });
+                machine.on_load_error(seen, t0.elapsed())
+            }
             _ = progress_tick.tick() => {
                 progress(machine.progress(t0.elapsed()));
                 Next::Continue
@@ -89,7 +111,7 @@ pub async fn verify(
             }
         };
         match next {
-            Next::Continue | Next::Suspect(_) => {}
+            Next::Continue | Next::ProbeAgain | Next::Suspect(_) => {}
             Next::Confirm(change) => {
                 // A pid change is proof enough of a crash; PM2 is asked once more only for
                 // the exact reason.

@@ -3,6 +3,7 @@
 //! it from PM2's pid files, PM2's list, the health probe and the app's error log.
 
 mod driver;
+mod load_errors;
 pub mod rules;
 
 pub use driver::{pid_change, verify};

@@ -12,6 +12,9 @@ use crate::pm2::Instance;
 use crate::probe::ProbeOutcome;
 use crate::verdict::{Change, Reason, Verdict, ms};
 
+/// How long a load error must stand, with nothing listening, before it is a verdict.
+pub const LOAD_ERROR_GRACE: Duration = Duration::from_millis(750);
+
 /// Whether the app was just (re)started by guard, so any restart at all is a crash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Start {
@@ -30,6 +33,8 @@ pub struct Rules {
     pub stable_for: Duration,
     /// Fresh start or existing app.
     pub start: Start,
+    /// Timed-out probes in a row before a timeout counts as a failure.
+    pub timeouts_in_a_row: u32,
 }
 
 /// One instance as first seen: the baseline every later observation is compared with.
@@ -50,6 +55,9 @@ pub struct Baseline {
 pub enum Next {
     /// Keep watching.
     Continue,
+    /// The probe timed out, fewer times in a row than the rules allow: probe again at once
+    /// (one slow answer on a loaded host is not a verdict).
+    ProbeAgain,
     /// The probe says the app is failing: look at the pid files (a dying process shows there
     /// first), then call [`Verification::crashed`] with a change found, or [`Verification::fail`] with this
     /// reason.
@@ -72,6 +80,8 @@ pub struct Verification {
     watched: BTreeMap<u32, Baseline>,
     probes: u32,
     passed: u32,
+    timeouts: u32,
+    load_error_since: Option<Duration>,
     last: Option<ProbeOutcome>,
     instances: Vec<Instance>,
 }
@@ -168,6 +178,8 @@ impl Verification {
                 .collect(),
             probes: 0,
             passed: 0,
+            timeouts: 0,
+            load_error_since: None,
             last: None,
             instances,
         };
@@ -214,6 +226,14 @@ impl Verification {
     pub fn on_probe(&mut self, outcome: ProbeOutcome, now: Duration) -> Next {
         self.probes += 1;
         self.last = Some(outcome.clone());
+        if matches!(outcome, ProbeOutcome::TimedOut(_)) {
+            self.timeouts += 1;
+            if self.timeouts < self.rules.timeouts_in_a_row {
+                return Next::ProbeAgain;
+            }
+        } else {
+            self.timeouts = 0;
+        }
         if outcome.passed() {
             self.passed += 1;
             if self.ready_at.is_none() {
@@ -236,6 +256,27 @@ impl Verification {
             }),
             None => Next::Continue,
         }
+    }
+
+    /// The error log was read: `seen` is a load error (instance, error line) while nothing
+    /// listens, if any. Before the first passing probe such an error that lasts
+    /// [`LOAD_ERROR_GRACE`] is a verdict: the grace lets a process that is exiting be named
+    /// as the crash it is by the pid files.
+    pub fn on_load_error(&mut self, seen: Option<(u32, String)>, now: Duration) -> Next {
+        let Some((instance, error)) = seen.filter(|_| self.ready_at.is_none()) else {
+            self.load_error_since = None;
+            return Next::Continue;
+        };
+        let since = *self.load_error_since.get_or_insert(now);
+        if now.saturating_sub(since) < LOAD_ERROR_GRACE {
+            return Next::Continue;
+        }
+        let reason = Reason::FailedToLoad {
+            after_ms: ms(now),
+            instance,
+            error,
+        };
+        Next::Verdict(self.verdict(reason, now))
     }
 
     /// The pid files were read: `change` is what they show, if anything.
@@ -417,6 +458,7 @@ mod tests {
         deadline: Duration::from_secs(20),
         stable_for: Duration::from_secs(5),
         start: Start::Fresh,
+        timeouts_in_a_row: 3,
     };
 
     fn s(n: u64) -> Duration {
@@ -604,6 +646,55 @@ mod tests {
             "{}",
             v.message
         );
+    }
+
+    #[test]
+    fn a_timed_out_probe_is_retried_and_fails_only_that_many_times_in_a_row() {
+        let slow = || ProbeOutcome::TimedOut(Duration::from_secs(1));
+        let mut w = Verification::begin(vec![inst("online", Some(1), 0)], FRESH, "api", 0).unwrap();
+        w.on_probe(ProbeOutcome::Pass(200), s(1));
+        assert_eq!(w.on_probe(slow(), s(2)), Next::ProbeAgain);
+        assert_eq!(w.on_probe(slow(), s(3)), Next::ProbeAgain);
+        // An answer in between starts the count again.
+        assert_eq!(w.on_probe(ProbeOutcome::Pass(200), s(3)), Next::Continue);
+        assert_eq!(w.on_probe(slow(), s(4)), Next::ProbeAgain);
+        assert_eq!(w.on_probe(slow(), s(5)), Next::ProbeAgain);
+        assert!(matches!(
+            w.on_probe(slow(), s(6)),
+            Next::Suspect(Reason::ProbeFailed { .. })
+        ));
+        // A failing status is never retried, and one timeout fails when the rules say 1.
+        let mut w = Verification::begin(vec![inst("online", Some(1), 0)], FRESH, "api", 0).unwrap();
+        w.on_probe(ProbeOutcome::Pass(200), s(1));
+        assert!(matches!(
+            w.on_probe(ProbeOutcome::Status(500), s(2)),
+            Next::Suspect(_)
+        ));
+        let once = Rules {
+            timeouts_in_a_row: 1,
+            ..FRESH
+        };
+        let mut w = Verification::begin(vec![inst("online", Some(1), 0)], once, "api", 0).unwrap();
+        assert!(matches!(w.on_probe(slow(), s(1)), Next::Suspect(_)));
+    }
+
+    #[test]
+    fn a_load_error_with_nothing_listening_fails_after_the_grace_but_not_once_it_answered() {
+        let err = || Some((0, "Error: boom".to_string()));
+        let mut w = Verification::begin(vec![inst("online", Some(1), 0)], FRESH, "api", 0).unwrap();
+        assert_eq!(w.on_load_error(err(), Duration::from_millis(300)), Next::Continue);
+        // It listens now (or the error is gone): the clock starts again.
+        assert_eq!(w.on_load_error(None, Duration::from_millis(600)), Next::Continue);
+        assert_eq!(w.on_load_error(err(), Duration::from_millis(900)), Next::Continue);
+        let v = verdict(w.on_load_error(err(), Duration::from_millis(1700)));
+        assert!(!v.healthy);
+        assert!(matches!(v.reason, Reason::FailedToLoad { after_ms: 1700, instance: 0, .. }));
+        assert!(v.message.contains("Error: boom"), "{}", v.message);
+        // An app that answered is judged by its answers, not by what it logged.
+        let mut w = Verification::begin(vec![inst("online", Some(1), 0)], FRESH, "api", 0).unwrap();
+        w.on_probe(ProbeOutcome::Pass(200), s(1));
+        assert_eq!(w.on_load_error(err(), s(2)), Next::Continue);
+        assert_eq!(w.on_load_error(err(), s(4)), Next::Continue);
     }
 
     #[test]

@@ -297,3 +297,38 @@ fn an_incident_written_by_guard_0_1_format_1_still_restores() {
     assert_eq!(app.version().as_deref(), Some("v1"));
     assert_eq!(app.head(), v1);
 }
+
+#[test]
+fn a_rollback_to_an_older_incident_leaves_guards_own_config_alone() {
+    let app = App::new();
+    app.start_v1();
+    // The config inside the app folder, as `guard init` writes it.
+    let own = app.dir.join("guard.toml");
+    let text = std::fs::read_to_string(&app.config)
+        .unwrap()
+        .replace("dir = \"app\"", "dir = \".\"")
+        .replace(
+            "dir = \"backups\"",
+            &format!("dir = {:?}", app.backups.to_str().unwrap()),
+        )
+        .replace(
+            "home = \"pm2\"",
+            &format!("home = {:?}", app.pm2_home.to_str().unwrap()),
+        );
+    std::fs::write(&own, &text).unwrap();
+    app.guard_with(&own, &["backup"]).expect(0);
+    let id = app.incidents().last().unwrap().clone();
+    assert!(
+        !app.tree_index(&id).contains_key("guard.toml"),
+        "guard's own config is never in a snapshot"
+    );
+    // The operator changes the config after that snapshot (a webhook added, say).
+    let newer = format!("{text}\n# changed after the snapshot\n");
+    std::fs::write(&own, &newer).unwrap();
+    app.guard_with(&own, &["rollback", &id]).expect(0);
+    assert_eq!(
+        std::fs::read_to_string(&own).unwrap(),
+        newer,
+        "the rollback left guard.toml as it was"
+    );
+}

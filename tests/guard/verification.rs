@@ -43,11 +43,69 @@ fn a_hanging_health_endpoint_fails_by_the_probe_timeout_not_the_deadline() {
             .contains("timed out after 1s"),
         "{verdict}"
     );
-    // deadline is 20s: the verdict came from the first timed-out probe.
+    // deadline is 20s: the verdict came from the third timed-out probe in a row
+    // (health.timeouts_in_a_row), each retried at once.
     assert!(
         verdict["elapsed_ms"].as_u64().unwrap() < 10_000,
         "{verdict}"
     );
+    assert_eq!(app.version().as_deref(), Some("v1"));
+}
+
+/// A release whose entry is ESM and throws at import: PM2 keeps it `online` and never
+/// restarts it, so only its error log tells.
+fn push_esm_release_that_throws_at_import(app: &App) {
+    let eco = std::fs::read_to_string(app.work.join("ecosystem.config.js"))
+        .unwrap()
+        .replace("script: 'server.js'", "script: 'server.mjs'");
+    app.push(
+        &[
+            ("ecosystem.config.js", &eco),
+            (
+                "server.mjs",
+                "import './lib/not-there.mjs';\nconsole.log('never reached');\n",
+            ),
+        ],
+        "v2 is ESM and throws at import",
+    );
+}
+
+#[test]
+fn an_esm_release_that_throws_at_import_is_failed_in_seconds_not_at_the_deadline() {
+    let app = App::new();
+    app.start_v1();
+    push_esm_release_that_throws_at_import(&app);
+    let run = app.guard(&["--json", "deploy"]);
+    run.expect(3);
+    let verdict = &run.json()["data"]["verdict"];
+    assert_eq!(verdict["reason"]["kind"], "failed_to_load", "{verdict}");
+    assert!(
+        verdict["reason"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("ERR_MODULE_NOT_FOUND"),
+        "names the app's own error: {verdict}"
+    );
+    // The deadline is 20 s; before, the verdict came only then.
+    assert!(
+        verdict["elapsed_ms"].as_u64().unwrap() < 8_000,
+        "{verdict}"
+    );
+    assert_eq!(app.version().as_deref(), Some("v1"));
+}
+
+#[test]
+fn a_preflight_trial_refuses_an_esm_release_that_throws_at_import_in_seconds() {
+    let app = App::with_strategy("preflight", 1);
+    app.start_v1();
+    push_esm_release_that_throws_at_import(&app);
+    let run = app.guard(&["--json", "deploy"]);
+    run.expect(3);
+    let doc = run.json();
+    let trial = &doc["data"]["preflight"];
+    assert_eq!(trial["reason"]["kind"], "failed_to_load", "{trial}");
+    assert!(trial["elapsed_ms"].as_u64().unwrap() < 8_000, "{trial}");
+    assert!(doc["data"]["verdict"].is_null(), "the running app was never touched");
     assert_eq!(app.version().as_deref(), Some("v1"));
 }
 
