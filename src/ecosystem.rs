@@ -287,12 +287,69 @@ pub fn explain(ecosystem: &Path, stderr: &str) -> String {
         .or(lines.last())
         .copied()
         .unwrap_or("node exited with an error");
-    format!("{}{at}", error.trim())
+    format!("{}{at}", mask_source_tokens(error.trim()))
+}
+
+/// Node quotes the source it could not parse in its message (`Unexpected identifier
+/// 'hunter2'`, `hunter2 is not defined`): a file that failed to load has taught the redactor
+/// nothing, so such tokens of four characters or more are masked here (`'{'` stays).
+fn mask_source_tokens(error: &str) -> String {
+    let mut out = String::with_capacity(error.len());
+    let mut rest = error;
+    while let Some(start) = rest.find(['\'', '"']) {
+        let q = rest[start..].chars().next().unwrap_or('\'');
+        out.push_str(&rest[..start]);
+        match rest[start + 1..].find(q) {
+            Some(len) => {
+                let token = &rest[start + 1..start + 1 + len];
+                out.push(q);
+                out.push_str(if token.chars().count() >= 4 {
+                    "***"
+                } else {
+                    token
+                });
+                out.push(q);
+                rest = &rest[start + 2 + len..];
+            }
+            None => {
+                out.push_str(&rest[start..]);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    // "ReferenceError: hunter2 is not defined"
+    if let Some((head, tail)) = out.split_once(": ")
+        && let Some(name) = tail.strip_suffix(" is not defined")
+        && name.chars().count() >= 4
+        && !name.contains(' ')
+    {
+        return format!("{head}: *** is not defined");
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn source_tokens_in_a_load_error_are_masked_short_punctuation_is_not() {
+        let eco = Path::new("/srv/app/ecosystem.config.js");
+        let text = "/srv/app/ecosystem.config.js:4\n  DB_PASSWORD: hunter2secret,\n\nSyntaxError: Unexpected identifier 'hunter2secret'\n    at x";
+        let shown = explain(eco, text);
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("line 4"), "{shown}");
+        let text = "/srv/app/ecosystem.config.js:4\nReferenceError: hunter2secret is not defined\n";
+        assert_eq!(
+            explain(eco, text),
+            "ReferenceError: *** is not defined (ecosystem.config.js, line 4)"
+        );
+        assert_eq!(
+            mask_source_tokens("SyntaxError: Unexpected token '{'"),
+            "SyntaxError: Unexpected token '{'"
+        );
+    }
 
     #[test]
     fn one_candidate_is_found_two_are_an_error() {

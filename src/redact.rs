@@ -59,9 +59,37 @@ impl Redactor {
 
     /// Mask this value too (a password in a URL of the config).
     pub fn add_secret(&mut self, value: &str) {
-        if value.len() >= 3 && !self.secrets.iter().any(|s| s == value) {
-            self.secrets.push(value.to_string());
+        if value.len() >= 3 {
+            self.learn(value);
             self.secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        }
+    }
+
+    /// One value, in every form it can be printed in: as it is, and as JSON writes it inside
+    /// a string (a `"` or `\` in a value would otherwise pass a mask applied to a JSON
+    /// document). Callers sort once they have learned all.
+    fn learn(&mut self, value: &str) {
+        let escaped = serde_json::to_string(value).unwrap_or_default();
+        let escaped = escaped
+            .strip_prefix('"')
+            .and_then(|e| e.strip_suffix('"'))
+            .unwrap_or_default()
+            .to_string();
+        for v in [value.to_string(), escaped] {
+            if !v.is_empty() && !self.secrets.contains(&v) {
+                self.secrets.push(v);
+            }
+        }
+    }
+
+    /// A value of an env file or block with each of its lines (a PEM key is printed line by
+    /// line), when it looks like a secret.
+    fn learn_value(&mut self, value: &str) {
+        for v in std::iter::once(value).chain(value.lines()) {
+            let v = v.trim();
+            if is_secret_like(v) {
+                self.learn(v);
+            }
         }
     }
 
@@ -72,29 +100,22 @@ impl Redactor {
                 continue;
             }
             let Some(value) = value else { continue };
-            for v in std::iter::once(value.as_str()).chain(value.lines()) {
-                let v = v.trim();
-                if is_secret_like(v) && !self.secrets.iter().any(|s| s == v) {
-                    self.secrets.push(v.to_string());
-                }
-            }
+            self.learn_value(value);
         }
         self.secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
     }
 
-    /// Learn the values of an env file, read as dotenv reads it: `export`, comments, inline
-    /// `# comments` after an unquoted value or a closing quote, and quoted values that span
-    /// lines (a PEM key), each line of which is learned too, since it is printed line by line.
+    /// Learn the values of an env file in every way a dotenv library may read it: `export`,
+    /// comments, inline `# comments`, quoted values that span lines (a PEM key), `KEY: value`
+    /// lines, and the readings where parsers differ (Node's dotenv 16 ends an unquoted value
+    /// at any `#` and expands `\n` in double quotes; others keep both as written).
     pub fn add_env_text(&mut self, text: &str) {
-        for (key, value) in parse_env(text) {
+        for (key, values) in env_readings(text) {
             if self.readable.contains(&key) {
                 continue;
             }
-            for v in std::iter::once(value.as_str()).chain(value.lines()) {
-                let v = v.trim();
-                if is_secret_like(v) && !self.secrets.iter().any(|s| s == v) {
-                    self.secrets.push(v.to_string());
-                }
+            for value in values {
+                self.learn_value(&value);
             }
         }
         // Longest first, so a secret that contains another is masked whole.
@@ -126,6 +147,57 @@ fn is_secret_like(value: &str) -> bool {
     )
 }
 
+/// Every plausible reading of each value of a dotenv file: [`parse_env`]'s, plus what Node's
+/// dotenv 16 makes of it (an unquoted value ends at the first `#`, `\n` and `\r` in double
+/// quotes are expanded).
+fn env_readings(text: &str) -> Vec<(String, Vec<String>)> {
+    let raw: Vec<(String, String)> = parse_env(text);
+    let mut lines_by_key: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
+    for line in text.lines() {
+        let l = line.trim_start();
+        let l = l.strip_prefix("export ").unwrap_or(l);
+        if let Some((k, rest)) = split_key(l) {
+            lines_by_key.insert(k.trim(), rest.trim_start());
+        }
+    }
+    raw.into_iter()
+        .map(|(key, value)| {
+            let mut values = vec![value.clone()];
+            if let Some(rest) = lines_by_key.get(key.as_str()) {
+                match rest.chars().next() {
+                    Some('"') => values.push(value.replace("\\n", "\n").replace("\\r", "\r")),
+                    Some('\'' | '`') => {}
+                    _ => {
+                        if let Some(i) = rest.find('#') {
+                            values.push(rest[..i].trim_end().to_string());
+                        }
+                        values.push(rest.trim_end().to_string());
+                    }
+                }
+            }
+            values.dedup();
+            (key, values)
+        })
+        .collect()
+}
+
+/// `KEY=rest` or `KEY: rest` (the YAML-like form dotenv also accepts).
+fn split_key(line: &str) -> Option<(&str, &str)> {
+    let eq = line.find('=');
+    let colon = line.find(": ");
+    let (k, rest) = match (eq, colon) {
+        (Some(e), Some(c)) if c < e => (&line[..c], &line[c + 2..]),
+        (Some(e), _) => (&line[..e], &line[e + 1..]),
+        (None, Some(c)) => (&line[..c], &line[c + 2..]),
+        (None, None) => return None,
+    };
+    let k = k.trim();
+    let is_key = !k.is_empty()
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-');
+    is_key.then_some((k, rest))
+}
+
 /// `KEY=value` pairs of a dotenv file, as dotenv libraries read them.
 pub fn parse_env(text: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
@@ -136,7 +208,7 @@ pub fn parse_env(text: &str) -> Vec<(String, String)> {
         if line.starts_with('#') {
             continue;
         }
-        let Some((key, rest)) = line.split_once('=') else {
+        let Some((key, rest)) = split_key(line) else {
             continue;
         };
         let key = key.trim().to_string();
@@ -201,6 +273,23 @@ mod tests {
         let out =
             r.redact("plainvalue / quoted value / 4821 / MIIBOgIBAAJBAKj34GkxFhD9 / a comment");
         assert_eq!(out, "*** / *** / *** / *** / a comment");
+    }
+
+    #[test]
+    fn every_reading_a_dotenv_parser_may_make_is_masked() {
+        let mut r = Redactor::default();
+        r.add_env_text(
+            "A=s3cretvalue#tail\nB=\"line1\\nline2secret\"\nC: colonsecret\nD=quote\"and\\back\n",
+        );
+        // Node's dotenv reads A as `s3cretvalue`; others as `s3cretvalue#tail`.
+        assert_eq!(r.redact("s3cretvalue / s3cretvalue#tail"), "*** / ***");
+        // Double-quoted `\n` is a newline for Node's dotenv: each line is printed alone.
+        assert_eq!(r.redact("line2secret"), "***");
+        assert_eq!(r.redact("line1\\nline2secret"), "***");
+        assert_eq!(r.redact("colonsecret"), "***");
+        // A value with `"` or `\\` as JSON writes it in a document.
+        let doc = serde_json::json!({ "reason": "value quote\"and\\back here" }).to_string();
+        assert!(!r.redact(&doc).contains("and"), "{}", r.redact(&doc));
     }
 
     #[test]

@@ -102,10 +102,14 @@ pub async fn take(
     };
     let running = processes.iter().filter(|p| p.status == "online").count();
     tracing::debug!(took = ?t.elapsed(), "git, dump and process list taken");
+    // The reason and the command line are the operator's words: masked like any output.
+    let redactor = ctx.printer.redactor();
+    let mut origin = ctx.origin.clone();
+    origin.command = redactor.redact(&origin.command);
     let id = draft.commit(Meta {
         kind,
-        reason: reason.to_string(),
-        origin: ctx.origin.clone(),
+        reason: redactor.redact(reason),
+        origin,
         app_name: ctx.settings.app.name.clone(),
         app_dir,
         processes,

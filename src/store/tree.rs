@@ -13,7 +13,7 @@ use std::ffi::OsStr;
 use std::fs;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -390,9 +390,11 @@ pub fn capture(
     index_path: &Path,
 ) -> Result<(String, u64, CaptureStats)> {
     let found = scan(root, excludes)?;
+    // 0600 like every file guard writes in backup.dir: the index names every path and mode.
     let file = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(0o600)
         .open(index_path)
         .with_context(|| format!("creating {}", index_path.display()))?;
     // Compressed: an index line is mostly a path and a hash, and twenty incidents of a

@@ -11,8 +11,8 @@ use std::time::Duration;
 use anyhow::Result;
 use tokio::time::Instant;
 
-use super::rules::{Baseline, Next, Progress, Rules, Verification};
 use super::load_errors::{LoadErrors, listens};
+use super::rules::{Baseline, Next, Progress, Rules, Verification};
 use crate::evidence::Offsets;
 use crate::pm2::{Pm2, pid_alive};
 use crate::probe::{Probe, ProbeOutcome, Prober};

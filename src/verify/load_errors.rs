@@ -167,14 +167,29 @@ mod tests {
         std::fs::write(&log, old).unwrap();
         let since: Offsets = [(log.clone(), old.len() as u64)].into();
         let mut watch = LoadErrors::new(&[instance(&log)], Some(&since));
-        assert_eq!(watch.poll(), None, "what came before the restart is not this release's");
-        let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
-        write!(f, "some warning\nError [ERR_MODULE_NOT_FOUND]: Cannot find module '/app/x.mjs'\n").unwrap();
-        assert_eq!(watch.poll(), None, "no stack frame yet");
-        write!(f, "    at finalizeResolution (node:internal/modules/esm/resolve:283:11)\n").unwrap();
         assert_eq!(
             watch.poll(),
-            Some((3, "Error [ERR_MODULE_NOT_FOUND]: Cannot find module '/app/x.mjs'".into()))
+            None,
+            "what came before the restart is not this release's"
+        );
+        let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        write!(
+            f,
+            "some warning\nError [ERR_MODULE_NOT_FOUND]: Cannot find module '/app/x.mjs'\n"
+        )
+        .unwrap();
+        assert_eq!(watch.poll(), None, "no stack frame yet");
+        writeln!(
+            f,
+            "    at finalizeResolution (node:internal/modules/esm/resolve:283:11)"
+        )
+        .unwrap();
+        assert_eq!(
+            watch.poll(),
+            Some((
+                3,
+                "Error [ERR_MODULE_NOT_FOUND]: Cannot find module '/app/x.mjs'".into()
+            ))
         );
     }
 
@@ -182,10 +197,19 @@ mod tests {
     fn log_lines_that_mention_an_error_without_a_stack_are_not_load_errors() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("api-error.log");
-        std::fs::write(&log, "Error: redis not ready, retrying\nwarn: Error: x\n  TypeError: indented\n    at y\n").unwrap();
+        std::fs::write(
+            &log,
+            "Error: redis not ready, retrying\nwarn: Error: x\n  TypeError: indented\n    at y\n",
+        )
+        .unwrap();
         let mut watch = LoadErrors::new(&[instance(&log)], Some(&Offsets::new()));
         assert_eq!(watch.poll(), None);
-        for head in ["Error: boom", "TypeError: x is not a function", "SyntaxError: Unexpected token 'export'", "Error [ERR_REQUIRE_ESM]: require() of ES Module"] {
+        for head in [
+            "Error: boom",
+            "TypeError: x is not a function",
+            "SyntaxError: Unexpected token 'export'",
+            "Error [ERR_REQUIRE_ESM]: require() of ES Module",
+        ] {
             assert!(is_error_head(head), "{head}");
         }
         for line in ["info: Error: x", "Errors: 3", "Error [x: y", "http://x"] {

@@ -682,13 +682,29 @@ mod tests {
     fn a_load_error_with_nothing_listening_fails_after_the_grace_but_not_once_it_answered() {
         let err = || Some((0, "Error: boom".to_string()));
         let mut w = Verification::begin(vec![inst("online", Some(1), 0)], FRESH, "api", 0).unwrap();
-        assert_eq!(w.on_load_error(err(), Duration::from_millis(300)), Next::Continue);
+        assert_eq!(
+            w.on_load_error(err(), Duration::from_millis(300)),
+            Next::Continue
+        );
         // It listens now (or the error is gone): the clock starts again.
-        assert_eq!(w.on_load_error(None, Duration::from_millis(600)), Next::Continue);
-        assert_eq!(w.on_load_error(err(), Duration::from_millis(900)), Next::Continue);
+        assert_eq!(
+            w.on_load_error(None, Duration::from_millis(600)),
+            Next::Continue
+        );
+        assert_eq!(
+            w.on_load_error(err(), Duration::from_millis(900)),
+            Next::Continue
+        );
         let v = verdict(w.on_load_error(err(), Duration::from_millis(1700)));
         assert!(!v.healthy);
-        assert!(matches!(v.reason, Reason::FailedToLoad { after_ms: 1700, instance: 0, .. }));
+        assert!(matches!(
+            v.reason,
+            Reason::FailedToLoad {
+                after_ms: 1700,
+                instance: 0,
+                ..
+            }
+        ));
         assert!(v.message.contains("Error: boom"), "{}", v.message);
         // An app that answered is judged by its answers, not by what it logged.
         let mut w = Verification::begin(vec![inst("online", Some(1), 0)], FRESH, "api", 0).unwrap();

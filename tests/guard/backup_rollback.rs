@@ -30,6 +30,21 @@ fn backup_snapshots_the_whole_tree_dump_and_commit() {
     );
     let dir = app.incident_dir(&id);
     assert!(dir.join("pm2/dump.pm2").is_file());
+    // Every file guard wrote in backup.dir is its own (0600): the index too, which names
+    // every path and mode of the app.
+    let mut open_to_others = Vec::new();
+    let mut stack = vec![app.backups.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let meta = std::fs::symlink_metadata(e.path()).unwrap();
+            if meta.is_dir() {
+                stack.push(e.path());
+            } else if meta.permissions().mode() & 0o077 != 0 {
+                open_to_others.push(e.path());
+            }
+        }
+    }
+    assert!(open_to_others.is_empty(), "not 0600: {open_to_others:?}");
     let tree = app.tree_index(&id);
     for f in [
         "ecosystem.config.js",

@@ -87,10 +87,7 @@ fn an_esm_release_that_throws_at_import_is_failed_in_seconds_not_at_the_deadline
         "names the app's own error: {verdict}"
     );
     // The deadline is 20 s; before, the verdict came only then.
-    assert!(
-        verdict["elapsed_ms"].as_u64().unwrap() < 8_000,
-        "{verdict}"
-    );
+    assert!(verdict["elapsed_ms"].as_u64().unwrap() < 8_000, "{verdict}");
     assert_eq!(app.version().as_deref(), Some("v1"));
 }
 
@@ -105,7 +102,10 @@ fn a_preflight_trial_refuses_an_esm_release_that_throws_at_import_in_seconds() {
     let trial = &doc["data"]["preflight"];
     assert_eq!(trial["reason"]["kind"], "failed_to_load", "{trial}");
     assert!(trial["elapsed_ms"].as_u64().unwrap() < 8_000, "{trial}");
-    assert!(doc["data"]["verdict"].is_null(), "the running app was never touched");
+    assert!(
+        doc["data"]["verdict"].is_null(),
+        "the running app was never touched"
+    );
     assert_eq!(app.version().as_deref(), Some("v1"));
 }
 
