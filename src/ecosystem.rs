@@ -56,6 +56,9 @@ const out = apps.filter(Boolean).map(a => {
     port: str(env.PORT),
     sentry_dsn: typeof env.SENTRY_DSN === 'string' && env.SENTRY_DSN.length > 0,
     sentry_enabled: str(env.SENTRY_ENABLED),
+    node_args: [].concat(a.node_args || a.interpreter_args || [])
+      .flatMap(v => typeof v === 'string' ? v.split(/\s+/) : [])
+      .filter(Boolean),
     env: Object.entries(env).map(([k, v]) => [k, str(v)]),
   };
 });
@@ -93,6 +96,9 @@ pub struct Declared {
     /// `env.SENTRY_ENABLED`, if set.
     #[serde(default)]
     pub sentry_enabled: Option<String>,
+    /// `node_args` (or `interpreter_args`), one argument each.
+    #[serde(default)]
+    pub node_args: Vec<String>,
     /// The app's `env` block, so its values are masked like an env file's. Never printed.
     #[serde(default)]
     pub env: SecretEnv,
@@ -129,6 +135,41 @@ impl Declared {
     pub fn script_path(&self, ecosystem: &Path) -> Option<PathBuf> {
         let base = self.cwd_path(ecosystem);
         self.script.as_ref().map(|s| base.join(s))
+    }
+
+    /// What PM2 would need on disk to start this app and cannot find: the script, the cwd, a
+    /// file that `node_args` preloads (`--require ./x`, `--import=./y.mjs`). A name without a
+    /// `/` that is not a file is looked up on PATH, as PM2 does (`script: 'npm'`); a preload
+    /// without `./`, `../` or `/` is a package and left to Node.
+    pub fn missing_files(&self, ecosystem: &Path) -> Vec<String> {
+        let mut missing = Vec::new();
+        let cwd = self.cwd_path(ecosystem);
+        if !cwd.is_dir() {
+            missing.push(format!("cwd {}", cwd.display()));
+            return missing;
+        }
+        if let (Some(script), Some(path)) = (&self.script, self.script_path(ecosystem)) {
+            let on_path = !script.contains('/') && crate::pm2::find_program(Path::new(script)).is_some();
+            if !path.exists() && !on_path {
+                missing.push(format!("script {}", path.display()));
+            }
+        }
+        let mut args = self.node_args.iter();
+        while let Some(arg) = args.next() {
+            let preloads = |f: &str| matches!(f, "--require" | "--import" | "-r");
+            let (flag, value) = match arg.split_once('=') {
+                Some((flag, v)) if preloads(flag) => (flag, Some(v.to_string())),
+                None if preloads(arg) => (arg.as_str(), args.next().cloned()),
+                _ => continue,
+            };
+            if let Some(v) = value
+                && (v.starts_with("./") || v.starts_with("../") || v.starts_with('/'))
+                && !cwd.join(&v).exists()
+            {
+                missing.push(format!("node_args {flag} {}", cwd.join(&v).display()));
+            }
+        }
+        missing
     }
 
     /// The cwd's absolute path (the file's folder when unset).
@@ -332,6 +373,39 @@ fn mask_source_tokens(error: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn files_pm2_needs_to_start_the_app_are_named_when_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let eco = dir.path().join("ecosystem.config.js");
+        std::fs::write(dir.path().join("server.js"), "").unwrap();
+        std::fs::write(dir.path().join("instrument.cjs"), "").unwrap();
+        let ok = Declared {
+            script: Some("server.js".into()),
+            node_args: vec!["--require".into(), "./instrument.cjs".into(), "--import=dotenv/config".into()],
+            ..Declared::default()
+        };
+        assert!(ok.missing_files(&eco).is_empty());
+        let npm = Declared {
+            script: Some("sh".into()),
+            ..Declared::default()
+        };
+        assert!(npm.missing_files(&eco).is_empty(), "a program on PATH");
+        let bad = Declared {
+            script: Some("dist/main.js".into()),
+            node_args: vec!["--import=./dist/instrument.mjs".into(), "-r".into(), "./instrument.cjs".into()],
+            ..Declared::default()
+        };
+        let missing = bad.missing_files(&eco);
+        assert_eq!(missing.len(), 2, "{missing:?}");
+        assert!(missing[0].starts_with("script ") && missing[0].ends_with("dist/main.js"));
+        assert!(missing[1].starts_with("node_args --import ") && missing[1].ends_with("dist/instrument.mjs"));
+        let gone = Declared {
+            cwd: Some("nowhere".into()),
+            ..ok
+        };
+        assert_eq!(gone.missing_files(&eco).len(), 1);
+    }
 
     #[test]
     fn source_tokens_in_a_load_error_are_masked_short_punctuation_is_not() {

@@ -179,7 +179,17 @@ async fn after_backup(
                 Some(d) => {
                     // The release's ecosystem may bring new env values: mask them too.
                     ops::inspect::learn_ecosystem_env(ctx, Some(&d));
-                    let ok = ops::script_outside_clean(ctx, &d, &eco).map(|()| true);
+                    // A release that names files PM2 cannot find would be found out only
+                    // after the running app was deleted: refused here, nothing restarted.
+                    let missing = d.missing_files(&eco);
+                    let ok = if missing.is_empty() {
+                        ops::script_outside_clean(ctx, &d, &eco).map(|()| true)
+                    } else {
+                        Err(format!(
+                            "the release's ecosystem names what does not exist: {}",
+                            missing.join(", ")
+                        ))
+                    };
                     declared = Some(d);
                     ok
                 }
