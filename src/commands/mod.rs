@@ -121,7 +121,7 @@ pub async fn run(cli: Cli, printer: &mut Printer, cancel: Cancel) -> ExitStatus 
     printer.set_redactor(redactor);
     let audit_dir = settings.backup.dir.clone();
     let audited = changes_things(&cli.command);
-    let store = Store::at(&settings.backup.dir, &settings.app.name);
+    let store = Store::at(&settings.backup.dir, &settings.app.name).of_folder(&settings.app.dir);
     let mut ctx = Ctx {
         settings,
         printer,

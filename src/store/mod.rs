@@ -111,6 +111,9 @@ impl Verified {
 pub struct Store {
     dir: PathBuf,
     app: String,
+    /// The app's folder: an incident taken of another folder (two apps of one PM2 name
+    /// sharing backup.dir) is never restored here.
+    app_dir: Option<PathBuf>,
 }
 
 /// What `latest` passed over on its way to the incident it picked.
@@ -122,7 +125,14 @@ impl Store {
         Store {
             dir: dir.to_path_buf(),
             app: app.to_string(),
+            app_dir: None,
         }
+    }
+
+    /// The same store, restoring only incidents taken of `app_dir`.
+    pub fn of_folder(mut self, app_dir: &Path) -> Store {
+        self.app_dir = Some(app_dir.to_path_buf());
+        self
     }
 
     /// Its folder.
@@ -364,6 +374,18 @@ impl Store {
             return Err(usage(format!(
                 "incident {id} belongs to app {}, not {}: restoring it here would put another app's files in place; nothing was changed",
                 manifest.app_name, self.app
+            )));
+        }
+        let canonical = |p: &Path| fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        if let Some(here) = &self.app_dir
+            && canonical(&manifest.app_dir) != canonical(here)
+        {
+            return Err(usage(format!(
+                "incident {id} was taken of {}, not of {}: another app named {} shares {}; restoring it here would put that app's files in place; nothing was changed",
+                manifest.app_dir.display(),
+                here.display(),
+                self.app,
+                self.dir.display()
             )));
         }
         if manifest.id != id {
@@ -865,6 +887,10 @@ mod tests {
         // latest skips the pre-rollback snapshot.
         assert_eq!(store.resolve("latest").unwrap().0.manifest.id, id);
         // Another app's store sees none of it.
+        let elsewhere = Store::at(store.dir(), "api").of_folder(&root.path().join("green"));
+        let err = elsewhere.verify(&id).unwrap_err().to_string();
+        assert!(err.contains("was taken of") && err.contains("green"), "{err}");
+        assert!(Store::at(store.dir(), "api").of_folder(&app).verify(&id).is_ok());
         let other = Store::at(store.dir(), "worker");
         assert!(other.list().unwrap().is_empty());
         assert!(

@@ -54,6 +54,41 @@ fn incidents_of_another_app_in_the_same_backup_dir_are_never_used() {
 }
 
 #[test]
+fn an_incident_of_another_folder_with_the_same_app_name_is_never_restored() {
+    let app = App::new();
+    app.start_v1();
+    // Green: the same PM2 name in another folder, sharing blue's backup.dir.
+    let green = app.root.path().join("green");
+    std::fs::create_dir(&green).unwrap();
+    for f in ["ecosystem.config.js", "env.env", "package.json", "server.js", "release.json"] {
+        std::fs::copy(app.dir.join(f), green.join(f)).unwrap();
+    }
+    std::fs::write(green.join("env.env"), "PORT=1\nSENTRY_DSN=green-secret-dsn\n").unwrap();
+    let green_config = app.root.path().join("green.toml");
+    std::fs::write(
+        &green_config,
+        std::fs::read_to_string(&app.config)
+            .unwrap()
+            .replace("dir = \"app\"", "dir = \"green\""),
+    )
+    .unwrap();
+    app.guard_with(&green_config, &["backup"]).expect(0);
+    let green_id = app.incidents().last().unwrap().clone();
+    let before = app.read("env.env");
+    let run = app.guard(&["rollback", &green_id]);
+    run.expect(2);
+    assert!(
+        run.stderr.contains("was taken of") && run.stderr.contains("green"),
+        "names both folders: {}",
+        run.stderr
+    );
+    // `latest` passes over it: blue has no incident of its own yet.
+    app.guard(&["rollback", "latest"]).expect(2);
+    assert_eq!(app.read("env.env"), before, "nothing of green's was written");
+    assert_eq!(app.version().as_deref(), Some("v1"));
+}
+
+#[test]
 fn latest_passes_over_a_broken_incident_and_says_so_and_no_snapshot_skips_the_backup() {
     let app = App::new();
     app.start_v1();
