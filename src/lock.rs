@@ -35,6 +35,11 @@ pub struct Record {
     /// The process group of the deploy step while it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub child_pgid: Option<i32>,
+    /// When the deploy step's group leader started (clock ticks since boot, from
+    /// `/proc/<pid>/stat`): a take-over kills the group only if its leader is still that
+    /// process, never a recycled pid's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub child_started: Option<u64>,
 }
 
 /// A held lock; released (and its record cleared) on drop.
@@ -138,6 +143,7 @@ impl Lock {
             // of guard): no run goes on while it can still write into the app.
             if let Some(pgid) = dead.child_pgid
                 && group_alive(pgid)
+                && same_leader(pgid, dead.child_started)
             {
                 // SAFETY: kill(2) on a process group; no memory is involved.
                 unsafe { libc::kill(-pgid, libc::SIGKILL) };
@@ -159,6 +165,7 @@ impl Lock {
                 phase: None,
                 incident: None,
                 child_pgid: None,
+                child_started: None,
             },
             taken_over,
             stopped_orphan,
@@ -177,6 +184,7 @@ impl Lock {
     /// Record the process group of the deploy step (None once it ended).
     pub fn child(&mut self, pgid: Option<i32>) -> Result<()> {
         self.record.child_pgid = pgid;
+        self.record.child_started = pgid.and_then(start_time);
         self.write()
     }
 
@@ -189,6 +197,24 @@ impl Lock {
             .with_context(|| format!("writing lock file {}", self.path.display()))?;
         // Page cache survives a kill -9 of guard: no fsync needed for the next run to read it.
         Ok(())
+    }
+}
+
+/// When process `pid` started, in clock ticks since boot (field 22 of `/proc/<pid>/stat`).
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count from its end.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether group `pgid` is still the one recorded: its leader gone (the number stays taken
+/// while any member lives, so the group is the same) or the same process by its start time.
+/// A record without a start time (an older guard) is trusted as before.
+fn same_leader(pgid: i32, started: Option<u64>) -> bool {
+    match (started, start_time(pgid)) {
+        (Some(then), Some(now)) => then == now,
+        _ => true,
     }
 }
 
@@ -273,6 +299,46 @@ mod tests {
         let app_dir = tempfile::tempdir().unwrap();
         assert!(Lock::acquire(dir.path(), "api", app_dir.path(), &Origin::current()).is_err());
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    }
+
+    #[test]
+    fn a_take_over_stops_the_dead_runs_step_but_never_a_recycled_process_group() {
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::tempdir().unwrap();
+        let app_dir = tempfile::tempdir().unwrap();
+        let spawn = || {
+            std::process::Command::new("sleep")
+                .arg("30")
+                .process_group(0)
+                .spawn()
+                .unwrap()
+        };
+        let record = |pgid: i32, started: Option<u64>| {
+            let mut dead = Origin::current();
+            dead.pid = 999_999;
+            let r = Record {
+                origin: dead,
+                phase: Some("changing".into()),
+                incident: None,
+                child_pgid: Some(pgid),
+                child_started: started,
+            };
+            std::fs::write(path(dir.path(), "api"), serde_json::to_vec(&r).unwrap()).unwrap();
+        };
+        // Another process now has the recorded pgid (the number was recycled): left alone.
+        let mut stranger = spawn();
+        let pgid = stranger.id() as i32;
+        let real = start_time(pgid).unwrap();
+        record(pgid, Some(real + 1));
+        let lock = Lock::acquire(dir.path(), "api", app_dir.path(), &Origin::current()).unwrap();
+        assert_eq!(lock.stopped_orphan, None);
+        assert!(stranger.try_wait().unwrap().is_none(), "still running");
+        drop(lock);
+        // The same process the dead run started: stopped.
+        record(pgid, Some(real));
+        let lock = Lock::acquire(dir.path(), "api", app_dir.path(), &Origin::current()).unwrap();
+        assert_eq!(lock.stopped_orphan, Some(pgid));
+        assert!(stranger.wait().unwrap().code().is_none(), "killed by a signal");
     }
 
     #[test]
