@@ -26,6 +26,10 @@ pub struct Record {
     /// Who.
     #[serde(flatten)]
     pub origin: Origin,
+    /// The subcommand (`deploy`, `rollback`, `backup`, `clean`): what a run that died was
+    /// doing decides what `rollback latest` does next.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subcommand: Option<String>,
     /// `changing` once the run has begun to change the app (after its snapshot).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
@@ -80,7 +84,13 @@ pub fn held_by_live_run(backup_dir: &Path, app: &str) -> bool {
 impl Lock {
     /// Take the lock at once or fail with exit 5 naming the holder. `me` is recorded in the
     /// file (its command line already masked by the caller).
-    pub fn acquire(backup_dir: &Path, app: &str, app_dir: &Path, me: &Origin) -> Result<Lock> {
+    pub fn acquire(
+        backup_dir: &Path,
+        app: &str,
+        app_dir: &Path,
+        me: &Origin,
+        subcommand: &str,
+    ) -> Result<Lock> {
         let path = path(backup_dir, app);
         // Never through a symlink: a planted link must not get its target truncated.
         let mut file = OpenOptions::new()
@@ -162,6 +172,7 @@ impl Lock {
             path,
             record: Record {
                 origin: me.clone(),
+                subcommand: Some(subcommand.to_string()),
                 phase: None,
                 incident: None,
                 child_pgid: None,
@@ -258,10 +269,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let app_dir = tempfile::tempdir().unwrap();
         let other_dir = tempfile::tempdir().unwrap();
-        let first = Lock::acquire(dir.path(), "api", app_dir.path(), &Origin::current()).unwrap();
+        let first = Lock::acquire(dir.path(), "api", app_dir.path(), &Origin::current(), "deploy").unwrap();
         assert!(first.taken_over.is_none());
         let err =
-            Lock::acquire(dir.path(), "api", other_dir.path(), &Origin::current()).unwrap_err();
+            Lock::acquire(dir.path(), "api", other_dir.path(), &Origin::current(), "deploy").unwrap_err();
         assert_eq!(
             crate::exit::status_of(&err),
             crate::exit::ExitStatus::LockHeld
@@ -273,17 +284,17 @@ mod tests {
         );
         // Another app is independent.
         let third = tempfile::tempdir().unwrap();
-        Lock::acquire(dir.path(), "other", third.path(), &Origin::current()).unwrap();
+        Lock::acquire(dir.path(), "other", third.path(), &Origin::current(), "deploy").unwrap();
         // The same app folder through another backup.dir is not.
         let elsewhere = tempfile::tempdir().unwrap();
         let err =
-            Lock::acquire(elsewhere.path(), "api", app_dir.path(), &Origin::current()).unwrap_err();
+            Lock::acquire(elsewhere.path(), "api", app_dir.path(), &Origin::current(), "deploy").unwrap_err();
         assert_eq!(
             crate::exit::status_of(&err),
             crate::exit::ExitStatus::LockHeld
         );
         drop(first);
-        let again = Lock::acquire(dir.path(), "api", app_dir.path(), &Origin::current()).unwrap();
+        let again = Lock::acquire(dir.path(), "api", app_dir.path(), &Origin::current(), "deploy").unwrap();
         assert!(
             again.taken_over.is_none(),
             "a clean release leaves no record"
@@ -297,7 +308,7 @@ mod tests {
         std::fs::write(&victim, "precious").unwrap();
         std::os::unix::fs::symlink(&victim, path(dir.path(), "api")).unwrap();
         let app_dir = tempfile::tempdir().unwrap();
-        assert!(Lock::acquire(dir.path(), "api", app_dir.path(), &Origin::current()).is_err());
+        assert!(Lock::acquire(dir.path(), "api", app_dir.path(), &Origin::current(), "deploy").is_err());
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
     }
 
@@ -318,6 +329,7 @@ mod tests {
             dead.pid = 999_999;
             let r = Record {
                 origin: dead,
+                subcommand: Some("deploy".into()),
                 phase: Some("changing".into()),
                 incident: None,
                 child_pgid: Some(pgid),
@@ -330,13 +342,13 @@ mod tests {
         let pgid = stranger.id() as i32;
         let real = start_time(pgid).unwrap();
         record(pgid, Some(real + 1));
-        let lock = Lock::acquire(dir.path(), "api", app_dir.path(), &Origin::current()).unwrap();
+        let lock = Lock::acquire(dir.path(), "api", app_dir.path(), &Origin::current(), "deploy").unwrap();
         assert_eq!(lock.stopped_orphan, None);
         assert!(stranger.try_wait().unwrap().is_none(), "still running");
         drop(lock);
         // The same process the dead run started: stopped.
         record(pgid, Some(real));
-        let lock = Lock::acquire(dir.path(), "api", app_dir.path(), &Origin::current()).unwrap();
+        let lock = Lock::acquire(dir.path(), "api", app_dir.path(), &Origin::current(), "deploy").unwrap();
         assert_eq!(lock.stopped_orphan, Some(pgid));
         assert!(stranger.wait().unwrap().code().is_none(), "killed by a signal");
     }
@@ -348,7 +360,7 @@ mod tests {
         dead.pid = 999_999;
         std::fs::write(path(dir.path(), "api"), serde_json::to_vec(&dead).unwrap()).unwrap();
         let app_dir = tempfile::tempdir().unwrap();
-        let lock = Lock::acquire(dir.path(), "api", app_dir.path(), &Origin::current()).unwrap();
+        let lock = Lock::acquire(dir.path(), "api", app_dir.path(), &Origin::current(), "deploy").unwrap();
         assert_eq!(lock.taken_over.as_ref().unwrap().origin.pid, 999_999);
         assert!(lock.taken_over.as_ref().unwrap().phase.is_none());
     }

@@ -105,6 +105,11 @@ pub struct Printer {
 }
 
 impl Printer {
+    /// The subcommand this printer reports (`deploy`, `rollback`...).
+    pub fn command(&self) -> &str {
+        &self.report.command
+    }
+
     /// A printer for `command`.
     pub fn new(mode: Mode, command: &str) -> Printer {
         let color = mode == Mode::Human

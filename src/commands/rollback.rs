@@ -37,11 +37,18 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &RollbackArgs) -> Result<Done> {
     }
     let tools = ctx.tools()?;
     let mut lock = ops::lock(ctx).await?;
-    // `latest` after a run that died before it changed anything: that run left nothing to
-    // undo, and the newest snapshot is older than what runs now. Say so, restore nothing.
+    // `latest` after a deploy that died before it changed anything: that run left nothing
+    // to undo, and the newest snapshot is older than what runs now. Say so, restore nothing.
+    // After a dead rollback (or backup, or clean) the operator still means to go back: the
+    // rollback goes on (an older guard recorded no subcommand: read from its command line).
+    let dead_deploy = |d: &crate::lock::Record| match &d.subcommand {
+        Some(s) => s == "deploy",
+        None => d.origin.command.split_whitespace().any(|w| w == "deploy"),
+    };
     if args.target() == "latest"
         && let Some(dead) = &lock.taken_over
         && dead.phase.is_none()
+        && dead_deploy(dead)
     {
         let tools_check = restart::check_running(ctx, &tools).await;
         let summary = format!(

@@ -69,6 +69,7 @@ pub async fn lock(ctx: &mut Ctx<'_>) -> Result<Lock> {
         &ctx.settings.app.name,
         &ctx.settings.app.dir,
         &ctx.origin,
+        ctx.printer.command(),
     )?;
     if let Some(dead) = &lock.taken_over {
         let o = &dead.origin;

@@ -311,3 +311,28 @@ fn two_configs_of_one_app_with_different_backup_dirs_exclude_each_other() {
     );
     bg.finish(LONG).expect(0);
 }
+
+#[test]
+fn rollback_latest_after_a_killed_rollback_finishes_its_job() {
+    let app = App::new();
+    app.start_v1();
+    app.release("v2", "good");
+    app.guard(&["deploy"]).expect(0);
+    assert_eq!(app.version().as_deref(), Some("v2"));
+    // What a `guard rollback latest` killed by -9 during its own snapshot leaves: a lock
+    // record of a dead pid that had not begun to change the app.
+    let dead = serde_json::json!({
+        "pid": 999_999,
+        "host": std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim(),
+        "user": "root",
+        "started_at": "2026-12-02T00:00:00.000Z",
+        "command": "guard rollback latest",
+        "subcommand": "rollback",
+    });
+    std::fs::write(app.backups.join("guard-demo-backend.lock"), dead.to_string()).unwrap();
+    let run = app.guard(&["rollback", "latest"]);
+    run.expect(0);
+    assert!(run.stdout.contains("took over the lock"), "{}", run.stdout);
+    assert!(!run.stdout.contains("nothing to restore"), "{}", run.stdout);
+    assert_eq!(app.version().as_deref(), Some("v1"), "the operator's intent: go back");
+}
