@@ -64,18 +64,33 @@ struct Target {
     at: jiff::Timestamp,
 }
 
-/// The newest audit entry, if it is a successful deploy of this app with an incident.
+/// This app's last successful deploy, from the audit log (see [`rollback_target`]).
 fn last_good_deploy(settings: &Settings) -> Option<Target> {
-    let newest = audit::read(&settings.backup.dir, 1).ok()?.pop()?;
-    if newest.app.as_deref() != Some(settings.app.name.as_str())
-        || !newest.is_deploy()
-        || newest.exit_code != 0
-    {
+    let entries = audit::read(&settings.backup.dir, AUDIT_LOOKBACK).ok()?;
+    rollback_target(&entries, &settings.app.name)
+}
+
+/// Audit entries looked through for the deploy to undo: far more than runs in any
+/// `rollback_within`, even with other apps and hourly backups in the same backup.dir.
+const AUDIT_LOOKBACK: usize = 5000;
+
+/// The deploy an automatic rollback would undo: the newest deploy or rollback of `app`, if it
+/// is a deploy that succeeded and took an incident. A backup, a clean or another app's run
+/// after it does not disarm it; a rollback or another deploy of this app after it does (what
+/// runs is no longer that release, or was already put back).
+fn rollback_target(entries: &[audit::Entry], app: &str) -> Option<Target> {
+    let last = entries.iter().rev().find(|e| {
+        e.app.as_deref() == Some(app)
+            && (e.is_deploy()
+                || e.subcommand.as_deref() == Some("rollback")
+                || (e.subcommand.is_none() && e.command.split_whitespace().any(|w| w == "rollback")))
+    })?;
+    if !last.is_deploy() || last.exit_code != 0 {
         return None;
     }
     Some(Target {
-        incident: newest.incident?,
-        at: newest.time.parse().ok()?,
+        incident: last.incident.clone()?,
+        at: last.time.parse().ok()?,
     })
 }
 
@@ -373,5 +388,51 @@ impl Watcher<'_> {
         };
         done.incident = Some(t.incident.clone());
         self.report(&done, summary);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(app: &str, sub: &str, exit: i32, incident: Option<&str>, time: &str) -> audit::Entry {
+        audit::Entry {
+            time: time.into(),
+            user: "root".into(),
+            host: "h".into(),
+            command: format!("guard {sub}"),
+            subcommand: Some(sub.into()),
+            app: Some(app.into()),
+            incident: incident.map(String::from),
+            before: None,
+            after: None,
+            verdict: "x".into(),
+            reason: None,
+            exit_code: exit,
+            steps: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_rollback_target_is_this_apps_last_good_deploy_whatever_ran_after_it() {
+        let deploy = entry("api", "deploy", 0, Some("20261202-100000"), "2026-12-02T10:00:05Z");
+        let later = [
+            entry("api", "backup", 0, Some("20261202-110000"), "2026-12-02T11:00:00Z"),
+            entry("api", "clean", 0, None, "2026-12-02T11:01:00Z"),
+            entry("worker", "deploy", 0, Some("20261202-110200"), "2026-12-02T11:02:00Z"),
+            entry("worker", "rollback", 0, Some("20261202-110300"), "2026-12-02T11:03:00Z"),
+        ];
+        let mut log = vec![deploy.clone()];
+        log.extend(later.iter().cloned());
+        let t = rollback_target(&log, "api").expect("still armed");
+        assert_eq!(t.incident, "20261202-100000");
+        // A rollback of this app, or a failed deploy, after it disarms it.
+        let mut rolled = log.clone();
+        rolled.push(entry("api", "rollback", 0, Some("20261202-120000"), "2026-12-02T12:00:00Z"));
+        assert!(rollback_target(&rolled, "api").is_none());
+        let mut failed = log.clone();
+        failed.push(entry("api", "deploy", 3, Some("20261202-120000"), "2026-12-02T12:00:00Z"));
+        assert!(rollback_target(&failed, "api").is_none());
+        assert!(rollback_target(&log, "billing").is_none());
     }
 }
