@@ -149,7 +149,8 @@ impl Declared {
             return missing;
         }
         if let (Some(script), Some(path)) = (&self.script, self.script_path(ecosystem)) {
-            let on_path = !script.contains('/') && crate::pm2::find_program(Path::new(script)).is_some();
+            let on_path =
+                !script.contains('/') && crate::pm2::find_program(Path::new(script)).is_some();
             if !path.exists() && !on_path {
                 missing.push(format!("script {}", path.display()));
             }
@@ -382,7 +383,11 @@ mod tests {
         std::fs::write(dir.path().join("instrument.cjs"), "").unwrap();
         let ok = Declared {
             script: Some("server.js".into()),
-            node_args: vec!["--require".into(), "./instrument.cjs".into(), "--import=dotenv/config".into()],
+            node_args: vec![
+                "--require".into(),
+                "./instrument.cjs".into(),
+                "--import=dotenv/config".into(),
+            ],
             ..Declared::default()
         };
         assert!(ok.missing_files(&eco).is_empty());
@@ -393,13 +398,20 @@ mod tests {
         assert!(npm.missing_files(&eco).is_empty(), "a program on PATH");
         let bad = Declared {
             script: Some("dist/main.js".into()),
-            node_args: vec!["--import=./dist/instrument.mjs".into(), "-r".into(), "./instrument.cjs".into()],
+            node_args: vec![
+                "--import=./dist/instrument.mjs".into(),
+                "-r".into(),
+                "./instrument.cjs".into(),
+            ],
             ..Declared::default()
         };
         let missing = bad.missing_files(&eco);
         assert_eq!(missing.len(), 2, "{missing:?}");
         assert!(missing[0].starts_with("script ") && missing[0].ends_with("dist/main.js"));
-        assert!(missing[1].starts_with("node_args --import ") && missing[1].ends_with("dist/instrument.mjs"));
+        assert!(
+            missing[1].starts_with("node_args --import ")
+                && missing[1].ends_with("dist/instrument.mjs")
+        );
         let gone = Declared {
             cwd: Some("nowhere".into()),
             ..ok

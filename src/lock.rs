@@ -269,10 +269,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let app_dir = tempfile::tempdir().unwrap();
         let other_dir = tempfile::tempdir().unwrap();
-        let first = Lock::acquire(dir.path(), "api", app_dir.path(), &Origin::current(), "deploy").unwrap();
+        let first = Lock::acquire(
+            dir.path(),
+            "api",
+            app_dir.path(),
+            &Origin::current(),
+            "deploy",
+        )
+        .unwrap();
         assert!(first.taken_over.is_none());
-        let err =
-            Lock::acquire(dir.path(), "api", other_dir.path(), &Origin::current(), "deploy").unwrap_err();
+        let err = Lock::acquire(
+            dir.path(),
+            "api",
+            other_dir.path(),
+            &Origin::current(),
+            "deploy",
+        )
+        .unwrap_err();
         assert_eq!(
             crate::exit::status_of(&err),
             crate::exit::ExitStatus::LockHeld
@@ -284,17 +297,37 @@ mod tests {
         );
         // Another app is independent.
         let third = tempfile::tempdir().unwrap();
-        Lock::acquire(dir.path(), "other", third.path(), &Origin::current(), "deploy").unwrap();
+        Lock::acquire(
+            dir.path(),
+            "other",
+            third.path(),
+            &Origin::current(),
+            "deploy",
+        )
+        .unwrap();
         // The same app folder through another backup.dir is not.
         let elsewhere = tempfile::tempdir().unwrap();
-        let err =
-            Lock::acquire(elsewhere.path(), "api", app_dir.path(), &Origin::current(), "deploy").unwrap_err();
+        let err = Lock::acquire(
+            elsewhere.path(),
+            "api",
+            app_dir.path(),
+            &Origin::current(),
+            "deploy",
+        )
+        .unwrap_err();
         assert_eq!(
             crate::exit::status_of(&err),
             crate::exit::ExitStatus::LockHeld
         );
         drop(first);
-        let again = Lock::acquire(dir.path(), "api", app_dir.path(), &Origin::current(), "deploy").unwrap();
+        let again = Lock::acquire(
+            dir.path(),
+            "api",
+            app_dir.path(),
+            &Origin::current(),
+            "deploy",
+        )
+        .unwrap();
         assert!(
             again.taken_over.is_none(),
             "a clean release leaves no record"
@@ -308,7 +341,16 @@ mod tests {
         std::fs::write(&victim, "precious").unwrap();
         std::os::unix::fs::symlink(&victim, path(dir.path(), "api")).unwrap();
         let app_dir = tempfile::tempdir().unwrap();
-        assert!(Lock::acquire(dir.path(), "api", app_dir.path(), &Origin::current(), "deploy").is_err());
+        assert!(
+            Lock::acquire(
+                dir.path(),
+                "api",
+                app_dir.path(),
+                &Origin::current(),
+                "deploy"
+            )
+            .is_err()
+        );
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
     }
 
@@ -342,15 +384,32 @@ mod tests {
         let pgid = stranger.id() as i32;
         let real = start_time(pgid).unwrap();
         record(pgid, Some(real + 1));
-        let lock = Lock::acquire(dir.path(), "api", app_dir.path(), &Origin::current(), "deploy").unwrap();
+        let lock = Lock::acquire(
+            dir.path(),
+            "api",
+            app_dir.path(),
+            &Origin::current(),
+            "deploy",
+        )
+        .unwrap();
         assert_eq!(lock.stopped_orphan, None);
         assert!(stranger.try_wait().unwrap().is_none(), "still running");
         drop(lock);
         // The same process the dead run started: stopped.
         record(pgid, Some(real));
-        let lock = Lock::acquire(dir.path(), "api", app_dir.path(), &Origin::current(), "deploy").unwrap();
+        let lock = Lock::acquire(
+            dir.path(),
+            "api",
+            app_dir.path(),
+            &Origin::current(),
+            "deploy",
+        )
+        .unwrap();
         assert_eq!(lock.stopped_orphan, Some(pgid));
-        assert!(stranger.wait().unwrap().code().is_none(), "killed by a signal");
+        assert!(
+            stranger.wait().unwrap().code().is_none(),
+            "killed by a signal"
+        );
     }
 
     #[test]
@@ -360,7 +419,14 @@ mod tests {
         dead.pid = 999_999;
         std::fs::write(path(dir.path(), "api"), serde_json::to_vec(&dead).unwrap()).unwrap();
         let app_dir = tempfile::tempdir().unwrap();
-        let lock = Lock::acquire(dir.path(), "api", app_dir.path(), &Origin::current(), "deploy").unwrap();
+        let lock = Lock::acquire(
+            dir.path(),
+            "api",
+            app_dir.path(),
+            &Origin::current(),
+            "deploy",
+        )
+        .unwrap();
         assert_eq!(lock.taken_over.as_ref().unwrap().origin.pid, 999_999);
         assert!(lock.taken_over.as_ref().unwrap().phase.is_none());
     }

@@ -83,7 +83,8 @@ fn rollback_target(entries: &[audit::Entry], app: &str) -> Option<Target> {
         e.app.as_deref() == Some(app)
             && (e.is_deploy()
                 || e.subcommand.as_deref() == Some("rollback")
-                || (e.subcommand.is_none() && e.command.split_whitespace().any(|w| w == "rollback")))
+                || (e.subcommand.is_none()
+                    && e.command.split_whitespace().any(|w| w == "rollback")))
     })?;
     if !last.is_deploy() || last.exit_code != 0 {
         return None;
@@ -344,8 +345,8 @@ impl Watcher<'_> {
             ),
         );
         start.incident = Some(t.incident.clone());
-        (self.show)(&start);
-        summary.events += 1;
+        // Sent like every event: an on-call person learns of the rollback as it starts.
+        self.report(&start, summary);
         let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("guard"));
         let config = self.settings.config_path.to_string_lossy().to_string();
         let args = ["--config", &config, "--json", "rollback", &t.incident];
@@ -415,12 +416,36 @@ mod tests {
 
     #[test]
     fn the_rollback_target_is_this_apps_last_good_deploy_whatever_ran_after_it() {
-        let deploy = entry("api", "deploy", 0, Some("20261202-100000"), "2026-12-02T10:00:05Z");
+        let deploy = entry(
+            "api",
+            "deploy",
+            0,
+            Some("20261202-100000"),
+            "2026-12-02T10:00:05Z",
+        );
         let later = [
-            entry("api", "backup", 0, Some("20261202-110000"), "2026-12-02T11:00:00Z"),
+            entry(
+                "api",
+                "backup",
+                0,
+                Some("20261202-110000"),
+                "2026-12-02T11:00:00Z",
+            ),
             entry("api", "clean", 0, None, "2026-12-02T11:01:00Z"),
-            entry("worker", "deploy", 0, Some("20261202-110200"), "2026-12-02T11:02:00Z"),
-            entry("worker", "rollback", 0, Some("20261202-110300"), "2026-12-02T11:03:00Z"),
+            entry(
+                "worker",
+                "deploy",
+                0,
+                Some("20261202-110200"),
+                "2026-12-02T11:02:00Z",
+            ),
+            entry(
+                "worker",
+                "rollback",
+                0,
+                Some("20261202-110300"),
+                "2026-12-02T11:03:00Z",
+            ),
         ];
         let mut log = vec![deploy.clone()];
         log.extend(later.iter().cloned());
@@ -428,10 +453,22 @@ mod tests {
         assert_eq!(t.incident, "20261202-100000");
         // A rollback of this app, or a failed deploy, after it disarms it.
         let mut rolled = log.clone();
-        rolled.push(entry("api", "rollback", 0, Some("20261202-120000"), "2026-12-02T12:00:00Z"));
+        rolled.push(entry(
+            "api",
+            "rollback",
+            0,
+            Some("20261202-120000"),
+            "2026-12-02T12:00:00Z",
+        ));
         assert!(rollback_target(&rolled, "api").is_none());
         let mut failed = log.clone();
-        failed.push(entry("api", "deploy", 3, Some("20261202-120000"), "2026-12-02T12:00:00Z"));
+        failed.push(entry(
+            "api",
+            "deploy",
+            3,
+            Some("20261202-120000"),
+            "2026-12-02T12:00:00Z",
+        ));
         assert!(rollback_target(&failed, "api").is_none());
         assert!(rollback_target(&log, "billing").is_none());
     }

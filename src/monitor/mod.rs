@@ -325,10 +325,6 @@ impl Monitor {
             && self
                 .last_crash_alert
                 .is_none_or(|t| now.saturating_sub(t) > self.limits.loop_window);
-        if report {
-            self.last_crash_alert = Some(now);
-            self.events.push(Event::Crash { instance, detail });
-        }
         let ep = self.episode(now);
         ep.last_restart = now;
         ep.reported |= report;
@@ -338,11 +334,15 @@ impl Monitor {
         self.restarts.retain(|t| now.saturating_sub(*t) <= window);
         let recent = self.recent(now);
         if self.looping.is_none() && recent >= u64::from(self.limits.loop_restarts) {
+            // The loop says it all: no `crash` beside it for the restart that made it one.
             self.looping = Some(now);
             self.events.push(Event::CrashLoop {
                 restarts: recent,
                 within_ms: ms(window),
             });
+        } else if report {
+            self.last_crash_alert = Some(now);
+            self.events.push(Event::Crash { instance, detail });
         }
     }
 
@@ -510,6 +510,10 @@ impl Monitor {
                     problem: Problem::Crash,
                     after_ms: ms(now.saturating_sub(since)),
                 });
+                // What was said to be over must be said again when it comes back: a crash
+                // after this `recovered` is a new episode, alerted (the loop still bounds
+                // them: at most loop_restarts - 1 per window, then one crash_loop).
+                self.last_crash_alert = None;
             }
         }
         if let Some(since) = self.looping
@@ -658,13 +662,28 @@ mod tests {
             m.on_instances(&[inst(0, "online", Some(1 + r as u32), r)], s(r * 25));
             m.on_tick(s(r * 25 + 21));
         }
-        assert_eq!(names(&mut m), ["crash", "recovered", "crash_loop"]);
+        assert_eq!(
+            names(&mut m),
+            ["crash", "recovered", "crash", "recovered", "crash_loop"]
+        );
         m.on_tick(s(150 + 30));
         assert!(names(&mut m).is_empty(), "restarts still in the window");
         m.on_tick(s(150 + 61));
         let ev = m.take_events();
         assert_eq!(ev.len(), 1);
         assert_eq!(ev[0].resolves(), Some("crash_loop"));
+    }
+
+    #[test]
+    fn a_crash_after_a_recovered_is_a_new_episode_and_alerted() {
+        let mut m = Monitor::new(limits());
+        m.baseline(&[inst(0, "online", Some(10), 0)], s(0));
+        m.on_instances(&[inst(0, "online", Some(11), 1)], s(1));
+        m.on_tick(s(12));
+        assert_eq!(names(&mut m), ["crash", "recovered"]);
+        // Within the loop window, but after the all-clear: somebody must hear of it.
+        m.on_instances(&[inst(0, "online", Some(12), 2)], s(20));
+        assert_eq!(names(&mut m), ["crash"]);
     }
 
     #[test]

@@ -889,8 +889,16 @@ mod tests {
         // Another app's store sees none of it.
         let elsewhere = Store::at(store.dir(), "api").of_folder(&root.path().join("green"));
         let err = elsewhere.verify(&id).unwrap_err().to_string();
-        assert!(err.contains("was taken of") && err.contains("green"), "{err}");
-        assert!(Store::at(store.dir(), "api").of_folder(&app).verify(&id).is_ok());
+        assert!(
+            err.contains("was taken of") && err.contains("green"),
+            "{err}"
+        );
+        assert!(
+            Store::at(store.dir(), "api")
+                .of_folder(&app)
+                .verify(&id)
+                .is_ok()
+        );
         let other = Store::at(store.dir(), "worker");
         assert!(other.list().unwrap().is_empty());
         assert!(

@@ -254,12 +254,19 @@ fn a_release_whose_script_does_not_exist_is_refused_before_the_running_app_is_to
     let eco = std::fs::read_to_string(app.work.join("ecosystem.config.js"))
         .unwrap()
         .replace("script: 'server.js'", "script: 'dist/main.js'");
-    app.push(&[("ecosystem.config.js", &eco)], "v2 names a script the build never wrote");
+    app.push(
+        &[("ecosystem.config.js", &eco)],
+        "v2 names a script the build never wrote",
+    );
     let poller = crate::support::Poller::start(app.port);
     let run = app.guard(&["--json", "deploy"]);
     let (total, failed) = poller.stop();
     run.expect(3);
-    assert!(failed.is_empty(), "{} of {total} requests failed: {failed:?}", failed.len());
+    assert!(
+        failed.is_empty(),
+        "{} of {total} requests failed: {failed:?}",
+        failed.len()
+    );
     let doc = run.json();
     let step = doc["steps"]
         .as_array()
@@ -268,8 +275,17 @@ fn a_release_whose_script_does_not_exist_is_refused_before_the_running_app_is_to
         .find(|s| s["name"] == "ecosystem")
         .unwrap();
     assert_eq!(step["state"], "failed", "{step}");
-    assert!(step["detail"].as_str().unwrap().contains("dist/main.js"), "{step}");
-    assert!(doc["data"]["verdict"].is_null(), "nothing was restarted: {doc}");
+    assert!(
+        step["detail"].as_str().unwrap().contains("dist/main.js"),
+        "{step}"
+    );
+    assert!(
+        doc["data"]["verdict"].is_null(),
+        "nothing was restarted: {doc}"
+    );
     assert_eq!(app.processes()[0].0, pid, "the same process still serves");
-    assert!(app.read("ecosystem.config.js").contains("server.js"), "files put back");
+    assert!(
+        app.read("ecosystem.config.js").contains("server.js"),
+        "files put back"
+    );
 }

@@ -329,10 +329,18 @@ fn rollback_latest_after_a_killed_rollback_finishes_its_job() {
         "command": "guard rollback latest",
         "subcommand": "rollback",
     });
-    std::fs::write(app.backups.join("guard-demo-backend.lock"), dead.to_string()).unwrap();
+    std::fs::write(
+        app.backups.join("guard-demo-backend.lock"),
+        dead.to_string(),
+    )
+    .unwrap();
     let run = app.guard(&["rollback", "latest"]);
     run.expect(0);
     assert!(run.stdout.contains("took over the lock"), "{}", run.stdout);
     assert!(!run.stdout.contains("nothing to restore"), "{}", run.stdout);
-    assert_eq!(app.version().as_deref(), Some("v1"), "the operator's intent: go back");
+    assert_eq!(
+        app.version().as_deref(),
+        Some("v1"),
+        "the operator's intent: go back"
+    );
 }

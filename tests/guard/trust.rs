@@ -60,10 +60,20 @@ fn an_incident_of_another_folder_with_the_same_app_name_is_never_restored() {
     // Green: the same PM2 name in another folder, sharing blue's backup.dir.
     let green = app.root.path().join("green");
     std::fs::create_dir(&green).unwrap();
-    for f in ["ecosystem.config.js", "env.env", "package.json", "server.js", "release.json"] {
+    for f in [
+        "ecosystem.config.js",
+        "env.env",
+        "package.json",
+        "server.js",
+        "release.json",
+    ] {
         std::fs::copy(app.dir.join(f), green.join(f)).unwrap();
     }
-    std::fs::write(green.join("env.env"), "PORT=1\nSENTRY_DSN=green-secret-dsn\n").unwrap();
+    std::fs::write(
+        green.join("env.env"),
+        "PORT=1\nSENTRY_DSN=green-secret-dsn\n",
+    )
+    .unwrap();
     let green_config = app.root.path().join("green.toml");
     std::fs::write(
         &green_config,
@@ -84,7 +94,11 @@ fn an_incident_of_another_folder_with_the_same_app_name_is_never_restored() {
     );
     // `latest` passes over it: blue has no incident of its own yet.
     app.guard(&["rollback", "latest"]).expect(2);
-    assert_eq!(app.read("env.env"), before, "nothing of green's was written");
+    assert_eq!(
+        app.read("env.env"),
+        before,
+        "nothing of green's was written"
+    );
     assert_eq!(app.version().as_deref(), Some("v1"));
 }
 
