@@ -31,10 +31,11 @@ echo "==> cargo fmt --check"
 cargo fmt --check
 
 echo "==> cargo clippy"
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --all-targets --features real-pm2 --locked -- -D warnings
 
-echo "==> cargo test"
-cargo test --locked -- --test-threads=6
+# Unit tests, the tier without PM2 (tests/cli) and the real-PM2 tier (tests/guard).
+echo "==> cargo test --features real-pm2"
+cargo test --features real-pm2 --locked -- --test-threads=6
 
 # After the tests, not beside them: compiling on both cores starves the timing of the
 # integration tests (a 1 s health probe times out).

@@ -6,7 +6,7 @@ mod support;
 mod backup_rollback;
 mod build;
 mod check;
-mod clean;
+
 mod deploy;
 mod faults;
 mod fleet;

@@ -34,6 +34,12 @@ pub fn pm2_bin() -> PathBuf {
     bin
 }
 
+/// Where the pinned pm2 is installed, whether or not it is (the tier without PM2 writes it
+/// into guard.toml and never runs it).
+pub fn pm2_path() -> PathBuf {
+    repo_root().join("tests/node/node_modules/.bin/pm2")
+}
+
 /// A port free on 127.0.0.1 and never handed to another test of this run: tests run in
 /// parallel, and the kernel may offer a port again once its probe socket is closed.
 pub fn free_port() -> u16 {
@@ -143,6 +149,12 @@ impl App {
         App::with_config("")
     }
 
+    /// The demo app for the tier without PM2 (`cargo test`): neither node nor pm2 is needed,
+    /// so only commands that never run them (bad input, `clean`) may be used.
+    pub fn offline() -> App {
+        App::create_with_pm2(Fixture::Demo, "", &[], pm2_path())
+    }
+
     /// Like `new`, with extra lines appended to guard.toml's [health] table.
     pub fn with_config(extra_health: &str) -> App {
         App::create(Fixture::Demo, extra_health)
@@ -171,7 +183,15 @@ impl App {
     }
 
     fn create_with(fixture: Fixture, extra_health: &str, envs: &[(&str, &str)]) -> App {
-        let pm2 = pm2_bin();
+        App::create_with_pm2(fixture, extra_health, envs, pm2_bin())
+    }
+
+    fn create_with_pm2(
+        fixture: Fixture,
+        extra_health: &str,
+        envs: &[(&str, &str)],
+        pm2: PathBuf,
+    ) -> App {
         let root = tempfile::tempdir().unwrap();
         let r = root.path();
         let port = free_port();
@@ -459,8 +479,16 @@ impl App {
             .unwrap()
     }
 
-    /// The app's PM2 processes as (pid, status, restarts).
+    /// Whether this app's PM2 daemon runs (asking PM2 would start one).
+    pub fn daemon_running(&self) -> bool {
+        self.pm2_home.join("pm2.pid").exists()
+    }
+
+    /// The app's PM2 processes as (pid, status, restarts); none while no daemon runs.
     pub fn processes(&self) -> Vec<(u64, String, u64)> {
+        if !self.daemon_running() {
+            return Vec::new();
+        }
         let out = self.pm2(&["jlist"]);
         let text = String::from_utf8_lossy(&out.stdout);
         let line = text
@@ -552,6 +580,9 @@ fn collect(base: &Path, dir: &Path, out: &mut Vec<String>) {
 
 impl Drop for App {
     fn drop(&mut self) {
+        if !self.daemon_running() {
+            return;
+        }
         let _ = Command::new(&self.pm2)
             .arg("kill")
             .env("PM2_HOME", &self.pm2_home)

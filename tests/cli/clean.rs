@@ -11,7 +11,7 @@ fn litter(app: &App) {
 
 #[test]
 fn check_lists_artifacts_exits_1_and_removes_nothing() {
-    let app = App::new();
+    let app = App::offline();
     app.guard(&["clean", "--check"]).expect(0);
     litter(&app);
     let run = app.guard(&["clean", "--check"]);
@@ -32,7 +32,7 @@ fn check_lists_artifacts_exits_1_and_removes_nothing() {
 
 #[test]
 fn clean_removes_artifacts_and_nothing_else() {
-    let app = App::new();
+    let app = App::offline();
     litter(&app);
     app.guard(&["clean"]).expect(0);
     assert!(!app.dir.join("dist").exists());
@@ -43,7 +43,7 @@ fn clean_removes_artifacts_and_nothing_else() {
 
 #[test]
 fn a_symlinked_dist_is_removed_as_a_link_and_its_target_survives() {
-    let app = App::new();
+    let app = App::offline();
     let outside = app.root.path().join("precious");
     std::fs::create_dir_all(&outside).unwrap();
     std::fs::write(outside.join("data"), "do not delete").unwrap();
@@ -60,7 +60,7 @@ fn a_symlinked_dist_is_removed_as_a_link_and_its_target_survives() {
 
 #[test]
 fn a_path_that_resolves_outside_the_app_dir_is_refused() {
-    let app = App::new();
+    let app = App::offline();
     let outside = app.root.path().join("elsewhere");
     std::fs::create_dir_all(outside.join("dist")).unwrap();
     std::os::unix::fs::symlink(&outside, app.dir.join("build")).unwrap();

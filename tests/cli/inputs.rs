@@ -1,0 +1,89 @@
+//! Bad input that guard refuses before it would run node or pm2: every case exits 2 with a
+//! message that says what and where, and changes nothing.
+
+use crate::support::App;
+
+#[track_caller]
+fn refused(app: &App, args: &[&str], says: &str) {
+    let before = app.state();
+    let run = app.guard(args);
+    run.expect(2);
+    assert!(
+        run.stderr.contains(says),
+        "stderr should mention {says:?}:\n{}",
+        run.stderr
+    );
+    assert_eq!(app.state(), before, "nothing may change");
+}
+
+#[test]
+fn malformed_config_and_unknown_keys_are_usage_errors_naming_file_and_line() {
+    let app = App::offline();
+    let good = std::fs::read_to_string(&app.config).unwrap();
+    std::fs::write(&app.config, good.replace("[deploy]", "[deploy\n")).unwrap();
+    let line = good.lines().position(|l| l == "[deploy]").unwrap() + 1;
+    refused(&app, &["deploy"], &format!("line {line}"));
+    std::fs::write(
+        &app.config,
+        good.replace("[deploy]", "[deploy]\ncomand = \"x\""),
+    )
+    .unwrap();
+    refused(&app, &["deploy"], "comand");
+    let run = app.guard(&["deploy"]);
+    assert!(
+        run.stderr.contains(&app.config.display().to_string()),
+        "{}",
+        run.stderr
+    );
+    std::fs::write(
+        &app.config,
+        good.replace("timeout = \"1s\"", "timeout = \"soon\""),
+    )
+    .unwrap();
+    refused(&app, &["health"], "timeout");
+    std::fs::write(
+        &app.config,
+        good.replace("dir = \"app\"", "dir = \"nowhere\""),
+    )
+    .unwrap();
+    refused(&app, &["deploy"], "app.dir");
+    std::fs::remove_file(&app.config).unwrap();
+    refused(&app, &["deploy"], "cannot read config");
+}
+
+#[test]
+fn bad_flags_are_usage_errors() {
+    let app = App::offline();
+    refused(&app, &["deploy", "--frobnicate"], "--frobnicate");
+    refused(&app, &["rollback"], "--incident");
+    refused(
+        &app,
+        &["clean", "--check", "--dry-run"],
+        "cannot be used with",
+    );
+    // A script that asked for JSON gets JSON even for a bad flag.
+    let run = app.guard(&["--json", "deploy", "--frobnicate"]);
+    run.expect(2);
+    let doc = run.json();
+    assert_eq!(doc["exit_code"], 2);
+    assert_eq!(doc["schema"], 2);
+    assert!(
+        doc["reason"].as_str().unwrap().contains("--frobnicate"),
+        "{doc}"
+    );
+}
+
+#[test]
+fn pm2_not_installed_is_a_usage_error() {
+    let app = App::offline();
+    let cfg = std::fs::read_to_string(&app.config).unwrap();
+    let bin = app.pm2.display().to_string();
+    std::fs::write(&app.config, cfg.replace(&bin, "/nonexistent/bin/pm2")).unwrap();
+    refused(&app, &["deploy"], "pm2 not found");
+    std::fs::write(
+        &app.config,
+        cfg.replace(&format!("bin = \"{bin}\""), "bin = \"pm2-not-on-path\""),
+    )
+    .unwrap();
+    refused(&app, &["backup"], "not an executable on PATH");
+}
