@@ -134,18 +134,21 @@ fn kind_of(meta: &fs::Metadata) -> ArtifactKind {
 /// Remove found artifacts. A symlink is unlinked, never followed; std's `remove_dir_all`
 /// does not follow symlinks inside the folder either.
 pub fn remove(app_dir: &Path, artifacts: &[Artifact]) -> Result<()> {
+    // Through descriptors: the folder holding an artifact is opened beneath app.dir without
+    // following a symlink on any component, and the artifact removed from it, a folder
+    // emptied through its own descriptor. A path swapped since `find` is refused, never
+    // followed out of app.dir.
+    let root = crate::beneath::Root::open(app_dir)?;
     for a in artifacts {
         let full = app_dir.join(&a.path);
-        // Re-check the kind right before removing: it may have changed since `find`.
-        let Ok(meta) = fs::symlink_metadata(&full) else {
-            continue;
-        };
-        let result = if meta.is_dir() {
-            fs::remove_dir_all(&full)
-        } else {
-            fs::remove_file(&full)
-        };
-        result.with_context(|| format!("removing {}", full.display()))?;
+        let (dir, name) = root.parent_of(&a.path).with_context(|| {
+            format!(
+                "removing {}: a folder on its path is not a real folder (a symlink?)",
+                full.display()
+            )
+        })?;
+        crate::beneath::remove_at(std::os::fd::AsFd::as_fd(&dir), &name)
+            .with_context(|| format!("removing {}", full.display()))?;
     }
     Ok(())
 }

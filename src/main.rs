@@ -3,6 +3,7 @@
 mod alert;
 mod atomic;
 mod audit;
+mod beneath;
 mod checks;
 mod clean;
 mod cli;

@@ -80,6 +80,16 @@ pub fn open_nofollow(path: &Path) -> std::io::Result<File> {
         .open(path)
 }
 
+/// Why copying an object out failed: the object (the incident is broken) or the destination
+/// (a full disk, a folder that cannot be written: the incident is fine).
+#[derive(Debug)]
+pub enum CopyError {
+    /// The stored object is missing, of another size, or does not match its hash.
+    Object(String),
+    /// Writing the copy failed.
+    Dest(anyhow::Error),
+}
+
 /// Whether `h` is a well-formed object name (64 lowercase hex digits).
 pub fn valid_hash(h: &str) -> bool {
     h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
@@ -103,30 +113,44 @@ impl Objects {
         self.dir.join(&hash[..2]).join(&hash[2..])
     }
 
+    #[cfg(test)]
     /// Whether an object is stored (a regular file, not a link).
     pub fn has(&self, hash: &str) -> bool {
         fs::symlink_metadata(self.path(hash)).is_ok_and(|m| m.is_file())
     }
 
+    /// Whether the object `hash` is there with `size` bytes: the cheap check before reusing
+    /// it for bytes guard just read (a truncated or replaced object is stored again).
+    pub fn has_sized(&self, hash: &str, size: u64) -> bool {
+        fs::symlink_metadata(self.path(hash)).is_ok_and(|m| m.is_file() && m.len() == size)
+    }
+
+    #[cfg(test)]
     /// Copy `src` into the store, hashing what is copied; returns its hash and size. An
     /// object that is already there is kept (same hash, same bytes).
     pub fn store(&self, src: &Path) -> Result<(String, u64)> {
+        let mut input = open_nofollow(src).with_context(|| format!("reading {}", src.display()))?;
+        self.store_from(&mut input, src)
+    }
+
+    /// Copy what `input` reads into the store (see [`Objects::store`]); `src` names it in
+    /// errors. An object of that hash with another size (truncated, replaced) is replaced.
+    pub fn store_from(&self, input: &mut impl Read, src: &Path) -> Result<(String, u64)> {
         let tmp_dir = self.dir.join("tmp");
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&tmp_dir)
             .with_context(|| format!("creating {}", tmp_dir.display()))?;
-        let mut input = open_nofollow(src).with_context(|| format!("reading {}", src.display()))?;
         let mut tmp = tempfile::Builder::new()
             .prefix("obj-")
             .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .tempfile_in(&tmp_dir)
             .with_context(|| format!("creating a temporary object in {}", tmp_dir.display()))?;
         let tmp_path = tmp.path().to_path_buf();
-        let (hash, total) = copy_hashing(&mut input, tmp.as_file_mut(), src, &tmp_path)?;
+        let (hash, total) = copy_hashing(input, tmp.as_file_mut(), src, &tmp_path)?;
         let dest = self.path(&hash);
-        if self.has(&hash) {
+        if self.has_sized(&hash, total) {
             return Ok((hash, total));
         }
         let parent = dest.parent().expect("objects have a parent");
@@ -170,22 +194,10 @@ impl Objects {
         Ok(())
     }
 
+    #[cfg(test)]
     /// Copy an object of `size` bytes to a new file at `dest` (created exclusively, `mode`),
     /// checking its hash on the way; the caller renames it into place.
     pub fn copy_out(&self, hash: &str, size: u64, dest: &Path, mode: u32) -> Result<()> {
-        if !valid_hash(hash) {
-            bail!("{hash:?} is not an object name guard writes");
-        }
-        let path = self.path(hash);
-        let mut input =
-            open_nofollow(&path).with_context(|| format!("{} is missing", path.display()))?;
-        let meta = input.metadata()?;
-        if !meta.is_file() || meta.len() != size {
-            bail!(
-                "{} is not a regular file of {size} bytes (corrupted or changed)",
-                path.display()
-            );
-        }
         let mut out = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -193,17 +205,76 @@ impl Objects {
             .custom_flags(libc::O_NOFOLLOW)
             .open(dest)
             .with_context(|| format!("creating {}", dest.display()))?;
-        let (actual, _) = copy_hashing(&mut input, &mut out, &path, dest)?;
-        if actual != hash {
-            let _ = fs::remove_file(dest);
-            bail!(
+        match self.copy_into(hash, size, &mut out, dest, mode) {
+            Ok(()) => Ok(()),
+            Err(CopyError::Object(why)) => {
+                let _ = fs::remove_file(dest);
+                bail!("{why}")
+            }
+            Err(CopyError::Dest(e)) => Err(e),
+        }
+    }
+
+    /// Copy object `hash` into `out` (a new file, created with `mode`), checking its size and
+    /// hash as it goes; `dest` names it in errors. A fault of the object is told apart from
+    /// one of the destination (a full disk is not a broken incident).
+    pub fn copy_into(
+        &self,
+        hash: &str,
+        size: u64,
+        out: &mut File,
+        dest: &Path,
+        mode: u32,
+    ) -> Result<(), CopyError> {
+        if !valid_hash(hash) {
+            return Err(CopyError::Object(format!(
+                "{hash:?} is not an object name guard writes"
+            )));
+        }
+        let path = self.path(hash);
+        let mut input = open_nofollow(&path)
+            .map_err(|e| CopyError::Object(format!("{} is missing: {e}", path.display())))?;
+        let meta = input
+            .metadata()
+            .map_err(|e| CopyError::Object(format!("{}: {e}", path.display())))?;
+        if !meta.is_file() || meta.len() != size {
+            return Err(CopyError::Object(format!(
+                "{} is not a regular file of {size} bytes (corrupted or changed)",
+                path.display()
+            )));
+        }
+        let mut hasher = blake3::Hasher::new();
+        let copied = with_buffer(|buf| -> std::result::Result<(), CopyError> {
+            loop {
+                let n = input
+                    .read(buf)
+                    .map_err(|e| CopyError::Object(format!("reading {}: {e}", path.display())))?;
+                if n == 0 {
+                    return Ok(());
+                }
+                hasher.update(&buf[..n]);
+                out.write_all(&buf[..n]).map_err(|e| {
+                    CopyError::Dest(
+                        anyhow::Error::new(e).context(format!("writing {}", dest.display())),
+                    )
+                })?;
+            }
+        });
+        copied?;
+        if hasher.finalize().to_hex().as_str() != hash {
+            return Err(CopyError::Object(format!(
                 "{} does not match its hash (corrupted or changed)",
                 path.display()
-            );
+            )));
         }
         // The umask may have narrowed the mode given at creation.
         out.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
-            .with_context(|| format!("setting the mode of {}", dest.display()))?;
+            .map_err(|e| {
+                CopyError::Dest(
+                    anyhow::Error::new(e)
+                        .context(format!("setting the mode of {}", dest.display())),
+                )
+            })?;
         Ok(())
     }
 

@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
-use std::fs;
+use std::fs::{self, File};
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -19,7 +19,10 @@ use std::path::{Component, Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use super::objects::{Objects, hash_reader, open_nofollow, valid_hash};
+use super::objects::{CopyError, Objects, hash_reader, open_nofollow, valid_hash};
+use crate::beneath::Root;
+use rustix::fs::{Mode, OFlags};
+use std::os::fd::{AsFd, OwnedFd};
 
 /// What an entry is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -326,7 +329,7 @@ fn scan_into(root: &Path, rel: &Path, excludes: &Excludes, out: &mut Vec<Found>)
         if !(ft.is_dir() || ft.is_file() || ft.is_symlink()) {
             continue;
         }
-        if excludes.excluded(&child, ft.is_dir()) || is_staging(&child) {
+        if excludes.excluded(&child, ft.is_dir()) || is_staging(root, &child) {
             continue;
         }
         let is_dir = ft.is_dir();
@@ -345,8 +348,8 @@ fn scan_into(root: &Path, rel: &Path, excludes: &Excludes, out: &mut Vec<Found>)
 /// rename puts each file in place); never part of a snapshot.
 const STAGING_PREFIX: &str = ".guard-restore-";
 
-fn is_staging(rel: &Path) -> bool {
-    rel.components().count() == 1 && rel.to_str().is_some_and(|n| n.starts_with(STAGING_PREFIX))
+fn is_staging(root: &Path, rel: &Path) -> bool {
+    rel.components().count() == 1 && is_guard_staging(root, rel.as_os_str())
 }
 
 /// What a capture did, for the step line and the bench.
@@ -390,6 +393,20 @@ pub fn capture(
     index_path: &Path,
 ) -> Result<(String, u64, CaptureStats)> {
     let found = scan(root, excludes)?;
+    capture_found(root, found, objects, cache, index_path)
+}
+
+/// [`capture`] of what a scan found: whatever stands at those paths when each is read.
+fn capture_found(
+    root: &Path,
+    found: Vec<Found>,
+    objects: &Objects,
+    cache: &Cache,
+    index_path: &Path,
+) -> Result<(String, u64, CaptureStats)> {
+    // Every read goes through this descriptor, beneath it and never through a symlink: the
+    // app's user may swap a folder for a link to root's files between the scan and the read.
+    let beneath = crate::beneath::Root::open(root)?;
     // 0600 like every file guard writes in backup.dir: the index names every path and mode.
     let file = fs::OpenOptions::new()
         .write(true)
@@ -416,38 +433,65 @@ pub fn capture(
         let node = if ft.is_dir() {
             Node::Dir
         } else if ft.is_symlink() {
+            let (dir, name) = beneath
+                .parent_of(&f.path)
+                .with_context(|| format!("reading link {}", full.display()))?;
+            let target = rustix::fs::readlinkat(&dir, name.as_os_str(), Vec::new())
+                .with_context(|| format!("reading link {}", full.display()))?;
             Node::Link {
-                target: fs::read_link(&full)
-                    .with_context(|| format!("reading link {}", full.display()))?,
+                target: PathBuf::from(
+                    <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(
+                        target.into_bytes(),
+                    ),
+                ),
             }
         } else {
-            let key = StatKey::of(&f.meta);
-            stats.files += 1;
-            stats.bytes += key.size;
+            let mut key = StatKey::of(&f.meta);
+            let mut mode = mode;
             let known = cache
                 .get(&f.path)
-                .filter(|(k, h)| *k == key && objects.has(h))
+                .filter(|(k, h)| *k == key && objects.has_sized(h, k.size))
                 .map(|(_, h)| h.clone());
             let (hash, size) = match known {
                 Some(h) => (h, key.size),
                 None => {
                     stats.hashed += 1;
-                    let (h, n) = hash_reader(
-                        open_nofollow(&full)
-                            .with_context(|| format!("reading {}", full.display()))?,
-                    )
-                    .with_context(|| format!("reading {}", full.display()))?;
-                    if objects.has(&h) {
+                    let mut file = beneath.open_file(&f.path).with_context(|| {
+                        format!(
+                            "reading {}: it changed while guard read it (a symlink on its path is refused, never followed)",
+                            full.display()
+                        )
+                    })?;
+                    // What was opened is what is recorded: its own type, mode and stat, never
+                    // those of whatever stood at that path during the scan.
+                    let meta = file
+                        .metadata()
+                        .with_context(|| format!("reading {}", full.display()))?;
+                    if !meta.is_file() {
+                        bail!(
+                            "{} changed while guard read it: it is no longer a regular file; refused",
+                            full.display()
+                        );
+                    }
+                    key = StatKey::of(&meta);
+                    mode = meta.permissions().mode() & 0o777;
+                    let (h, n) = hash_reader(&mut file)
+                        .with_context(|| format!("reading {}", full.display()))?;
+                    if objects.has_sized(&h, n) {
                         (h, n)
                     } else {
                         // What was copied is what is recorded, should the file change meanwhile.
-                        let (h, n) = objects.store(&full)?;
+                        std::io::Seek::rewind(&mut file)
+                            .with_context(|| format!("reading {}", full.display()))?;
+                        let (h, n) = objects.store_from(&mut file, &full)?;
                         stats.stored += 1;
                         stats.stored_bytes += n;
                         (h, n)
                     }
                 }
             };
+            stats.files += 1;
+            stats.bytes += key.size;
             let entry = Entry {
                 path: f.path,
                 node: Node::File { hash, size },
@@ -687,49 +731,123 @@ pub struct BadObject(pub String);
 
 /// Carry out a plan. Every file's content is first copied out of the object store into a
 /// staging folder and checked against its hash; only when all are good does anything in the
-/// tree change (removals, then folders, then renames into place). Every parent of a written
-/// path is checked to be a real folder (never a symlink) right before the write.
+/// tree change (removals, then folders, then renames into place).
+///
+/// Everything inside `root` goes through descriptors (see [`crate::beneath`]): the staging
+/// folder is created with a random name (`mkdirat` fails if it exists), checked to be guard's
+/// own, and used only through its descriptor; each write opens its parent beneath `root`
+/// without following a symlink on any component, and renames between the two descriptors.
 pub fn apply(root: &Path, plan: &Plan, objects: &Objects) -> Result<Written> {
-    // Leftovers of a restore that was killed.
-    for e in fs::read_dir(root)
-        .with_context(|| format!("reading {}", root.display()))?
-        .flatten()
-    {
-        if is_staging(Path::new(&e.file_name())) {
-            let _ = fs::remove_dir_all(e.path());
-        }
-    }
-    let staging = root.join(format!("{STAGING_PREFIX}{}", std::process::id()));
-    fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&staging)
-        .with_context(|| format!("creating {}", staging.display()))?;
+    let beneath = Root::open(root)?;
+    sweep_staging(root, &beneath);
+    let (staging_name, staging) = make_staging(root, &beneath)?;
     let t = std::time::Instant::now();
-    let staged = stage(&staging, plan, objects);
+    let staged = stage(root, &staging, plan, objects);
     tracing::debug!(took = ?t.elapsed(), "contents staged and checked");
-    let result = staged.and_then(|staged| put_in_place(root, plan, &staged));
+    let result = staged.and_then(|staged| {
+        let opened = open_for_writes(root, &beneath, plan)?;
+        let done = put_in_place(root, &beneath, &staging, plan, &staged);
+        opened.put_back();
+        done
+    });
     tracing::debug!(took = ?t.elapsed(), "contents in place");
-    let _ = fs::remove_dir_all(&staging);
+    let _ = crate::beneath::remove_at(beneath.fd(), &staging_name);
     // Not synced here: the caller flushes while the app starts (see ops::restore), so the
     // write-back of a large restore does not delay the restart.
     result
 }
 
+/// The file guard writes into its staging folders: a folder of that name without it (or not
+/// owned by guard's user) is the app's own and is never skipped or swept.
+const STAGING_MARKER: &str = ".guard-staging";
+
+/// Whether `name` in `root` is a staging folder guard made: the name, a real folder owned by
+/// this user, holding guard's marker (owned by this user too).
+fn is_guard_staging(root: &Path, name: &std::ffi::OsStr) -> bool {
+    if !name.to_str().is_some_and(|n| n.starts_with(STAGING_PREFIX)) {
+        return false;
+    }
+    let me = rustix::process::geteuid().as_raw();
+    let dir = root.join(name);
+    let owned = |p: &Path| fs::symlink_metadata(p).is_ok_and(|m| m.uid() == me);
+    fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir())
+        && owned(&dir)
+        && fs::symlink_metadata(dir.join(STAGING_MARKER))
+            .is_ok_and(|m| m.is_file() && m.uid() == me)
+}
+
+/// Remove what a killed restore left: guard's own staging folders only.
+fn sweep_staging(root: &Path, beneath: &Root) {
+    let Ok(rd) = fs::read_dir(root) else { return };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        if is_guard_staging(root, &name) {
+            let _ = crate::beneath::remove_at(beneath.fd(), &name);
+        }
+    }
+}
+
+/// A new staging folder in `root`: a random name, created (never found), opened beneath
+/// `root`, checked to be this user's real folder, marked as guard's.
+fn make_staging(root: &Path, beneath: &Root) -> Result<(std::ffi::OsString, OwnedFd)> {
+    let mut rnd = [0u8; 8];
+    rustix::rand::getrandom(&mut rnd, rustix::rand::GetRandomFlags::empty())
+        .context("reading random bytes for the staging folder's name")?;
+    let name = std::ffi::OsString::from(format!(
+        "{STAGING_PREFIX}{}-{}",
+        std::process::id(),
+        hex::encode(rnd)
+    ));
+    let shown = root.join(&name);
+    rustix::fs::mkdirat(beneath.fd(), name.as_os_str(), Mode::from_raw_mode(0o700))
+        .with_context(|| format!("creating {}", shown.display()))?;
+    let fd = beneath
+        .open_dir(Path::new(&name))
+        .with_context(|| format!("opening {}", shown.display()))?;
+    let st = rustix::fs::fstat(&fd).with_context(|| format!("inspecting {}", shown.display()))?;
+    if st.st_uid != rustix::process::geteuid().as_raw() {
+        bail!(
+            "{} was replaced while guard created it: refusing to stage into it",
+            shown.display()
+        );
+    }
+    rustix::fs::openat(
+        &fd,
+        STAGING_MARKER,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .with_context(|| format!("marking {}", shown.display()))?;
+    Ok((name, fd))
+}
+
 /// Copy the contents to write into the staging folder, checking each hash, on every core:
 /// reading, hashing and writing a reinstalled node_modules is CPU work as much as I/O.
-fn stage(staging: &Path, plan: &Plan, objects: &Objects) -> Result<HashMap<PathBuf, PathBuf>> {
+fn stage(
+    root: &Path,
+    staging: &OwnedFd,
+    plan: &Plan,
+    objects: &Objects,
+) -> Result<HashMap<PathBuf, String>> {
     let files: Vec<(usize, &Entry)> = plan
         .write
         .iter()
         .enumerate()
         .filter(|(_, e)| matches!(e.node, Node::File { .. }))
         .collect();
+    let needed: u64 = files
+        .iter()
+        .map(|(_, e)| match e.node {
+            Node::File { size, .. } => size,
+            _ => 0,
+        })
+        .sum();
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
         .clamp(1, 8);
     let chunk = files.len().div_ceil(workers).max(1);
-    let results: Vec<Result<Vec<(PathBuf, PathBuf)>>> = std::thread::scope(|scope| {
+    let results: Vec<Result<Vec<(PathBuf, String)>>> = std::thread::scope(|scope| {
         let handles: Vec<_> = files
             .chunks(chunk)
             .map(|part| {
@@ -737,11 +855,39 @@ fn stage(staging: &Path, plan: &Plan, objects: &Objects) -> Result<HashMap<PathB
                     let mut done = Vec::with_capacity(part.len());
                     for (n, e) in part {
                         if let Node::File { hash, size } = &e.node {
-                            let tmp = staging.join(n.to_string());
-                            objects
-                                .copy_out(hash, *size, &tmp, e.mode)
-                                .map_err(|err| BadObject(format!("{err:#}")))?;
-                            done.push((e.path.clone(), tmp));
+                            let name = n.to_string();
+                            let shown = root.join(&e.path);
+                            let mut out = File::from(
+                                rustix::fs::openat(
+                                    staging,
+                                    name.as_str(),
+                                    OFlags::WRONLY
+                                        | OFlags::CREATE
+                                        | OFlags::EXCL
+                                        | OFlags::NOFOLLOW
+                                        | OFlags::CLOEXEC,
+                                    Mode::from_raw_mode(e.mode),
+                                )
+                                .map_err(|err| staging_error(err.into(), root, needed))?,
+                            );
+                            match objects.copy_into(hash, *size, &mut out, &shown, e.mode) {
+                                Ok(()) => {}
+                                Err(CopyError::Object(why)) => return Err(BadObject(why).into()),
+                                Err(CopyError::Dest(err)) => {
+                                    let io = err
+                                        .downcast_ref::<std::io::Error>()
+                                        .map(|io| io.raw_os_error());
+                                    return Err(match io {
+                                        Some(Some(code)) => staging_error(
+                                            std::io::Error::from_raw_os_error(code),
+                                            root,
+                                            needed,
+                                        ),
+                                        _ => err,
+                                    });
+                                }
+                            }
+                            done.push((e.path.clone(), name));
                         }
                     }
                     Ok(done)
@@ -763,84 +909,171 @@ fn stage(staging: &Path, plan: &Plan, objects: &Objects) -> Result<HashMap<PathB
     Ok(staged)
 }
 
-fn put_in_place(root: &Path, plan: &Plan, staged: &HashMap<PathBuf, PathBuf>) -> Result<Written> {
-    for rel in &plan.remove {
-        let full = root.join(rel);
-        ensure_real_parent(root, rel)?;
-        let Ok(meta) = fs::symlink_metadata(&full) else {
+/// A write into the staging folder failed: a full disk says how much the restore needs and
+/// where (the incident is fine); anything else names the folder.
+fn staging_error(e: std::io::Error, root: &Path, needed: u64) -> anyhow::Error {
+    if e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EDQUOT) {
+        anyhow::anyhow!(
+            "no space left on device while staging the restore in {}: it needs about {} free there (the incident is fine; free space and run it again); nothing was changed",
+            root.display(),
+            crate::store::manifest::human_bytes(needed)
+        )
+    } else {
+        anyhow::Error::new(e).context(format!("staging the restore in {}", root.display()))
+    }
+}
+
+/// Folders the plan writes into that this user could not write (a 0555 folder when guard
+/// does not run as root): made writable for the time of the restore, put back after. A
+/// folder this user does not own is refused before anything changes.
+struct Opened {
+    folders: Vec<(OwnedFd, u32)>,
+}
+
+impl Opened {
+    /// Put the folders' modes back (the plan's own chmods come after).
+    fn put_back(self) {
+        for (fd, mode) in self.folders {
+            let _ = crate::beneath::chmod_fd(fd.as_fd(), mode);
+        }
+    }
+}
+
+fn open_for_writes(root: &Path, beneath: &Root, plan: &Plan) -> Result<Opened> {
+    let mut parents: std::collections::BTreeSet<&Path> = std::collections::BTreeSet::new();
+    for rel in plan.remove.iter().chain(plan.write.iter().map(|e| &e.path)) {
+        parents.insert(rel.parent().unwrap_or(Path::new("")));
+    }
+    let created: std::collections::HashSet<&Path> = plan
+        .write
+        .iter()
+        .filter(|e| matches!(e.node, Node::Dir))
+        .map(|e| e.path.as_path())
+        .collect();
+    let me = rustix::process::geteuid();
+    let mut opened = Opened {
+        folders: Vec::new(),
+    };
+    for parent in parents {
+        if created.contains(parent) {
+            continue;
+        }
+        let Ok(fd) = beneath.open_dir(parent) else {
+            // Missing now: created by the plan, or refused at its write with the reason.
             continue;
         };
-        // remove_dir_all does not follow symlinks inside the folder.
-        let r = if meta.is_dir() {
-            fs::remove_dir_all(&full)
-        } else {
-            fs::remove_file(&full)
-        };
-        r.with_context(|| format!("removing {}", full.display()))?;
+        if rustix::fs::accessat(
+            &fd,
+            ".",
+            rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK,
+            rustix::fs::AtFlags::empty(),
+        )
+        .is_ok()
+        {
+            continue;
+        }
+        let st = rustix::fs::fstat(&fd)?;
+        let shown = root.join(parent);
+        if st.st_uid != me.as_raw() {
+            opened.put_back();
+            bail!(
+                "cannot write into {} (not writable by this user, and owned by another): run the restore as root or as its owner; nothing was changed",
+                shown.display()
+            );
+        }
+        let mode = st.st_mode & 0o7777;
+        crate::beneath::chmod_fd(fd.as_fd(), mode | 0o700)
+            .with_context(|| format!("making {} writable for the restore", shown.display()))?;
+        opened.folders.push((fd, mode));
+    }
+    Ok(opened)
+}
+
+fn put_in_place(
+    root: &Path,
+    beneath: &Root,
+    staging: &OwnedFd,
+    plan: &Plan,
+    staged: &HashMap<PathBuf, String>,
+) -> Result<Written> {
+    let parent = |rel: &Path| {
+        beneath.parent_of(rel).with_context(|| {
+            format!(
+                "{}: a folder on its path is not a real folder (a symlink?): refusing to write through it",
+                root.join(rel).display()
+            )
+        })
+    };
+    for rel in &plan.remove {
+        let (dir, name) = parent(rel)?;
+        crate::beneath::remove_at(dir.as_fd(), &name)
+            .with_context(|| format!("removing {}", root.join(rel).display()))?;
     }
     let mut dir_modes = Vec::new();
     let mut written = Written::new();
     for e in &plan.write {
-        ensure_real_parent(root, &e.path)?;
         let full = root.join(&e.path);
+        let (dir, name) = parent(&e.path)?;
         match &e.node {
             Node::Dir => {
-                fs::DirBuilder::new()
-                    .mode(0o700)
-                    .create(&full)
+                rustix::fs::mkdirat(&dir, name.as_os_str(), Mode::from_raw_mode(0o700))
                     .with_context(|| format!("creating {}", full.display()))?;
                 dir_modes.push((e.path.clone(), e.mode));
             }
             Node::File { .. } => {
                 let tmp = &staged[&e.path];
-                fs::rename(tmp, &full).with_context(|| format!("replacing {}", full.display()))?;
-                if let Ok(m) = fs::symlink_metadata(&full) {
+                rustix::fs::renameat(staging, tmp.as_str(), &dir, name.as_os_str())
+                    .with_context(|| format!("replacing {}", full.display()))?;
+                if let Ok(fd) = rustix::fs::openat(
+                    &dir,
+                    name.as_os_str(),
+                    OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                ) && let Ok(m) = File::from(fd).metadata()
+                {
                     written.insert(e.path.clone(), StatKey::of(&m));
                 }
             }
             Node::Link { target } => {
-                let parent = full.parent().unwrap_or(root);
-                let tmp = parent.join(format!(".guard-restore-link-{}", std::process::id()));
-                let _ = fs::remove_file(&tmp);
-                std::os::unix::fs::symlink(target, &tmp)
-                    .with_context(|| format!("creating link {}", tmp.display()))?;
-                fs::rename(&tmp, &full).with_context(|| format!("replacing {}", full.display()))?;
+                let tmp = format!(".guard-restore-link-{}", std::process::id());
+                let _ = rustix::fs::unlinkat(&dir, tmp.as_str(), rustix::fs::AtFlags::empty());
+                rustix::fs::symlinkat(target.as_path(), &dir, tmp.as_str())
+                    .with_context(|| format!("creating link {}", full.display()))?;
+                rustix::fs::renameat(&dir, tmp.as_str(), &dir, name.as_os_str())
+                    .with_context(|| format!("replacing {}", full.display()))?;
             }
         }
     }
-    // Folder modes last, so a read-only folder does not block the writes inside it.
+    // Folder modes last, so a read-only folder does not block the writes inside it. Opened
+    // O_PATH without following, so a symlink is seen as one and skipped, never chmod-ed
+    // through; the mode is set through /proc/self/fd (the very inode opened).
     for (rel, mode) in plan.chmod.iter().chain(dir_modes.iter()) {
         let full = root.join(rel);
-        ensure_real_parent(root, rel)?;
-        if fs::symlink_metadata(&full).is_ok_and(|m| m.file_type().is_symlink()) {
+        let fd = beneath
+            .open_at(rel, OFlags::PATH, Mode::empty())
+            .with_context(|| {
+                format!(
+                    "setting the mode of {}: a symlink on its path?",
+                    full.display()
+                )
+            })?;
+        let file = File::from(fd);
+        let m = file
+            .metadata()
+            .with_context(|| format!("inspecting {}", full.display()))?;
+        if m.file_type().is_symlink() {
             continue;
         }
-        fs::set_permissions(&full, fs::Permissions::from_mode(*mode))
+        let proc_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file));
+        fs::set_permissions(&proc_path, fs::Permissions::from_mode(*mode))
             .with_context(|| format!("setting the mode of {}", full.display()))?;
-        if let Ok(m) = fs::symlink_metadata(&full)
-            && m.is_file()
+        if m.is_file()
+            && let Ok(m) = file.metadata()
         {
             written.insert(rel.clone(), StatKey::of(&m));
         }
     }
     Ok(written)
-}
-
-/// Every folder between `root` and `rel` must be a real folder, never a symlink.
-fn ensure_real_parent(root: &Path, rel: &Path) -> Result<()> {
-    let mut p = root.to_path_buf();
-    let parent = rel.parent().unwrap_or(Path::new(""));
-    for c in parent.components() {
-        p.push(c);
-        let m = fs::symlink_metadata(&p).with_context(|| format!("inspecting {}", p.display()))?;
-        if !m.is_dir() {
-            bail!(
-                "{} is not a real folder (a symlink?): refusing to write through it",
-                p.display()
-            );
-        }
-    }
-    Ok(())
 }
 
 /// Flush everything written on the file system of `path` to disk, once (syncfs(2): cheaper
@@ -1041,6 +1274,95 @@ mod tests {
                     .is_symlink()
         );
         assert_eq!(fs::read_to_string(app.join("dist/index.js")).unwrap(), "v1");
+    }
+
+    #[test]
+    fn a_folder_swapped_for_a_symlink_between_scan_and_read_is_refused_never_followed() {
+        let (root, app, objs) = setup();
+        let secret = root.path().join("root-only");
+        fs::create_dir_all(&secret).unwrap();
+        fs::write(secret.join("x.js"), "root's secret").unwrap();
+        let found = scan(&app, &Excludes::default()).unwrap();
+        // The app's user swaps dist/sub (holding x.js) for a link to root's folder.
+        fs::rename(app.join("dist/sub"), root.path().join("moved")).unwrap();
+        symlink(&secret, app.join("dist/sub")).unwrap();
+        let err =
+            capture_found(&app, found, &objs, &Cache::new(), &root.path().join("idx")).unwrap_err();
+        assert!(format!("{err:#}").contains("dist/sub/x.js"), "{err:#}");
+        let (hash, _) = hash_reader("root's secret".as_bytes()).unwrap();
+        assert!(!objs.has(&hash), "root's file never reached the store");
+    }
+
+    #[test]
+    fn a_folder_swapped_for_a_symlink_after_the_plan_is_never_written_through() {
+        let (root, app, objs) = setup();
+        let ex = Excludes::default();
+        let entries = snap(root.path(), &app, &objs, &ex, "idx1");
+        fs::write(app.join("dist/index.js"), "v2").unwrap();
+        let p = plan(&app, &ex, &entries).unwrap();
+        let outside = root.path().join("cron.d");
+        fs::create_dir_all(&outside).unwrap();
+        fs::rename(app.join("dist"), root.path().join("old-dist")).unwrap();
+        symlink(&outside, app.join("dist")).unwrap();
+        assert!(apply(&app, &p, &objs).is_err());
+        assert!(
+            fs::read_dir(&outside).unwrap().next().is_none(),
+            "nothing written outside"
+        );
+    }
+
+    #[test]
+    fn the_staging_folder_is_used_through_its_descriptor_even_when_its_name_is_swapped() {
+        let (root, app, objs) = setup();
+        let ex = Excludes::default();
+        let entries = snap(root.path(), &app, &objs, &ex, "idx1");
+        fs::write(app.join("dist/index.js"), "v2").unwrap();
+        let p = plan(&app, &ex, &entries).unwrap();
+        let beneath = Root::open(&app).unwrap();
+        let (name, fd) = make_staging(&app, &beneath).unwrap();
+        assert!(is_guard_staging(&app, &name));
+        let outside = root.path().join("cron.d");
+        fs::create_dir_all(&outside).unwrap();
+        fs::rename(app.join(&name), root.path().join("elsewhere")).unwrap();
+        symlink(&outside, app.join(&name)).unwrap();
+        let staged = stage(&app, &fd, &p, &objs).unwrap();
+        assert!(!staged.is_empty());
+        assert!(
+            fs::read_dir(&outside).unwrap().next().is_none(),
+            "nothing written outside"
+        );
+    }
+
+    #[test]
+    fn an_apps_own_folder_named_like_guards_staging_is_kept_and_snapshotted() {
+        let (root, app, objs) = setup();
+        fs::create_dir_all(app.join(".guard-restore-notes")).unwrap();
+        fs::write(app.join(".guard-restore-notes/todo.txt"), "mine").unwrap();
+        let ex = Excludes::default();
+        let entries = snap(root.path(), &app, &objs, &ex, "idx1");
+        assert!(
+            entries
+                .iter()
+                .any(|e| e.path == Path::new(".guard-restore-notes/todo.txt"))
+        );
+        fs::write(app.join("dist/index.js"), "v2").unwrap();
+        let p = plan(&app, &ex, &entries).unwrap();
+        apply(&app, &p, &objs).unwrap();
+        assert_eq!(
+            fs::read_to_string(app.join(".guard-restore-notes/todo.txt")).unwrap(),
+            "mine"
+        );
+        // guard's own leftovers (marked) are swept and never snapshotted.
+        let beneath = Root::open(&app).unwrap();
+        let (left, _fd) = make_staging(&app, &beneath).unwrap();
+        let entries = snap(root.path(), &app, &objs, &ex, "idx2");
+        assert!(entries.iter().all(|e| !e.path.starts_with(&left)));
+        let p = plan(&app, &ex, &entries).unwrap();
+        apply(&app, &p, &objs).unwrap();
+        assert!(
+            !app.join(&left).exists(),
+            "a killed restore's staging folder is swept"
+        );
     }
 
     #[test]

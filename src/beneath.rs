@@ -1,0 +1,231 @@
+//! Files inside app.dir, touched only through descriptors guard opened itself.
+//!
+//! The app's own user can often write parts of app.dir (`uploads/`, logs, caches) while guard
+//! works there as root. A path checked and then used by name can be swapped for a symlink in
+//! between. So every open, stat, mkdir, rename, unlink and chmod inside app.dir goes relative
+//! to a folder descriptor: `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` where the kernel
+//! has it (Linux 5.6), else a walk of `O_NOFOLLOW | O_DIRECTORY` opens, one component at a
+//! time. A symlink on any component is refused with `ELOOP`, never followed.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
+
+/// Set once the kernel said it has no openat2: the walk is used from then on.
+static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
+
+/// An open folder that paths are resolved beneath.
+#[derive(Debug)]
+pub struct Root {
+    fd: OwnedFd,
+}
+
+impl Root {
+    /// Open `dir` (the operator's app.dir, as configured) as the root of later lookups.
+    pub fn open(dir: &Path) -> Result<Root> {
+        let fd = rustix::fs::open(
+            dir,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .with_context(|| format!("opening {}", dir.display()))?;
+        Ok(Root { fd })
+    }
+
+    /// The root's own descriptor.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Open `rel` beneath the root with `flags` (`O_NOFOLLOW` and `O_CLOEXEC` are added): no
+    /// component may be a symlink or `..`.
+    pub fn open_at(&self, rel: &Path, flags: OFlags, mode: Mode) -> std::io::Result<OwnedFd> {
+        open_beneath(self.fd(), rel, flags, mode)
+    }
+
+    /// A file beneath the root, for reading (a FIFO does not block the open).
+    pub fn open_file(&self, rel: &Path) -> std::io::Result<File> {
+        let fd = self.open_at(rel, OFlags::RDONLY | OFlags::NONBLOCK, Mode::empty())?;
+        Ok(File::from(fd))
+    }
+
+    /// A folder beneath the root (`""` is the root itself).
+    pub fn open_dir(&self, rel: &Path) -> std::io::Result<OwnedFd> {
+        if rel.as_os_str().is_empty() {
+            return Ok(rustix::io::dup(self.fd())?);
+        }
+        self.open_at(rel, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
+    }
+
+    /// The folder holding `rel`, opened beneath the root, and `rel`'s last component.
+    pub fn parent_of(&self, rel: &Path) -> std::io::Result<(OwnedFd, OsString)> {
+        let name = rel
+            .file_name()
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        let parent = rel.parent().unwrap_or(Path::new(""));
+        Ok((self.open_dir(parent)?, name.to_os_string()))
+    }
+}
+
+/// `openat2(dirfd, rel, flags, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, or the walk.
+pub fn open_beneath(
+    dirfd: BorrowedFd<'_>,
+    rel: &Path,
+    flags: OFlags,
+    mode: Mode,
+) -> std::io::Result<OwnedFd> {
+    let flags = flags | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    if !NO_OPENAT2.load(Ordering::Relaxed) {
+        match rustix::fs::openat2(
+            dirfd,
+            rel,
+            flags,
+            mode,
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+        ) {
+            Err(rustix::io::Errno::NOSYS) => NO_OPENAT2.store(true, Ordering::Relaxed),
+            // openat2 may fail with EAGAIN when a rename raced it: try once more.
+            Err(rustix::io::Errno::AGAIN) => {}
+            r => return r.map_err(Into::into),
+        }
+    }
+    walk(dirfd, rel, flags, mode)
+}
+
+/// The portable way: each folder opened `O_NOFOLLOW | O_DIRECTORY` from the one before.
+fn walk(dirfd: BorrowedFd<'_>, rel: &Path, flags: OFlags, mode: Mode) -> std::io::Result<OwnedFd> {
+    let parts: Vec<&OsStr> = rel
+        .components()
+        .map(|c| match c {
+            Component::Normal(n) => Ok(n),
+            _ => Err(std::io::Error::from(std::io::ErrorKind::InvalidInput)),
+        })
+        .collect::<std::io::Result<_>>()?;
+    let Some((last, folders)) = parts.split_last() else {
+        return Err(std::io::ErrorKind::InvalidInput.into());
+    };
+    let mut current: Option<OwnedFd> = None;
+    for name in folders {
+        let at = current.as_ref().map_or(dirfd, |f| f.as_fd());
+        let next = rustix::fs::openat(
+            at,
+            *name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        current = Some(next);
+    }
+    let at = current.as_ref().map_or(dirfd, |f| f.as_fd());
+    Ok(rustix::fs::openat(at, *last, flags, mode)?)
+}
+
+/// The type of `name` in folder `dir`, without following a symlink (None: it does not exist).
+pub fn kind_at(dir: BorrowedFd<'_>, name: &OsStr) -> std::io::Result<Option<FileType>> {
+    match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(Some(FileType::from_raw_mode(st.st_mode))),
+        Err(rustix::io::Errno::NOENT) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Remove `name` in folder `dir`: a file or symlink is unlinked, a folder emptied through its
+/// own descriptor (never through a symlink inside it) and removed.
+pub fn remove_at(dir: BorrowedFd<'_>, name: &OsStr) -> std::io::Result<()> {
+    match kind_at(dir, name)? {
+        None => Ok(()),
+        Some(FileType::Directory) => {
+            let sub = rustix::fs::openat(
+                dir,
+                name,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            empty_dir(sub.as_fd())?;
+            Ok(rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)?)
+        }
+        Some(_) => Ok(rustix::fs::unlinkat(dir, name, AtFlags::empty())?),
+    }
+}
+
+fn empty_dir(dir: BorrowedFd<'_>) -> std::io::Result<()> {
+    let mut names = Vec::new();
+    for entry in rustix::fs::Dir::read_from(dir)? {
+        let entry = entry?;
+        let n = entry.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            names.push(OsStr::from_bytes(n).to_os_string());
+        }
+    }
+    for n in names {
+        remove_at(dir, &n)?;
+    }
+    Ok(())
+}
+
+/// Set the mode of what `fd` is (never a symlink: it was opened `O_NOFOLLOW`).
+pub fn chmod_fd(fd: BorrowedFd<'_>, mode: u32) -> std::io::Result<()> {
+    Ok(rustix::fs::fchmod(fd, Mode::from_raw_mode(mode))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_symlink_on_any_component_is_refused_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = dir.path().join("app");
+        let secret = dir.path().join("root-only");
+        std::fs::create_dir_all(app.join("uploads/real")).unwrap();
+        std::fs::create_dir_all(&secret).unwrap();
+        std::fs::write(secret.join("secret.txt"), "root's").unwrap();
+        std::fs::write(app.join("uploads/real/a.txt"), "mine").unwrap();
+        std::os::unix::fs::symlink(&secret, app.join("uploads/zz")).unwrap();
+        std::os::unix::fs::symlink(secret.join("secret.txt"), app.join("link.txt")).unwrap();
+        let root = Root::open(&app).unwrap();
+        assert!(root.open_file(Path::new("uploads/real/a.txt")).is_ok());
+        for rel in [
+            "uploads/zz/secret.txt",
+            "link.txt",
+            "../root-only/secret.txt",
+        ] {
+            assert!(
+                root.open_file(Path::new(rel)).is_err(),
+                "{rel} was followed"
+            );
+            assert!(
+                walk(
+                    root.fd(),
+                    Path::new(rel),
+                    OFlags::RDONLY | OFlags::NOFOLLOW,
+                    Mode::empty()
+                )
+                .is_err(),
+                "{rel} was followed by the walk"
+            );
+        }
+        assert!(root.open_dir(Path::new("uploads/zz")).is_err());
+    }
+
+    #[test]
+    fn removing_a_folder_never_follows_a_symlink_inside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = dir.path().join("app");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(app.join("dist/sub")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("keep"), "x").unwrap();
+        std::fs::write(app.join("dist/sub/f"), "x").unwrap();
+        std::os::unix::fs::symlink(&outside, app.join("dist/link")).unwrap();
+        let root = Root::open(&app).unwrap();
+        remove_at(root.fd(), OsStr::new("dist")).unwrap();
+        assert!(!app.join("dist").exists());
+        assert!(outside.join("keep").exists());
+    }
+}
