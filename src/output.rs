@@ -98,6 +98,8 @@ pub struct Printer {
     live: std::cell::Cell<bool>,
     /// When the last progress line was printed off a terminal.
     last_progress: std::cell::Cell<Option<std::time::Instant>>,
+    /// The phase of the last progress line printed off a terminal.
+    last_phase: std::cell::RefCell<String>,
     /// When the run started (for `duration_ms`).
     started: std::time::Instant,
     redactor: Redactor,
@@ -121,6 +123,7 @@ impl Printer {
             tty: std::io::stdout().is_terminal(),
             live: std::cell::Cell::new(false),
             last_progress: std::cell::Cell::new(None),
+            last_phase: std::cell::RefCell::new(String::new()),
             redactor: Redactor::default(),
             started: std::time::Instant::now(),
             report: Report {
@@ -188,13 +191,26 @@ impl Printer {
             let _ = write!(stdout, "\r\x1b[K{}", sanitize(&text));
             let _ = stdout.flush();
             self.live.set(true);
-        } else if self
-            .last_progress
-            .get()
-            .is_none_or(|t| t.elapsed() >= Duration::from_millis(4900))
-        {
-            self.last_progress.set(Some(std::time::Instant::now()));
-            out(&sanitize(&text));
+        } else {
+            // Off a terminal (a log, CI): a line every 5 s at most, and one at once when the
+            // phase changes ("waiting for a first healthy answer" -> "healthy, stable window"),
+            // so a log shows every phase however short.
+            let phase = text
+                .split([',', ':'])
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            let new_phase = *self.last_phase.borrow() != phase;
+            if new_phase
+                || self
+                    .last_progress
+                    .get()
+                    .is_none_or(|t| t.elapsed() >= Duration::from_millis(4900))
+            {
+                self.last_progress.set(Some(std::time::Instant::now()));
+                self.last_phase.replace(phase);
+                out(&sanitize(&text));
+            }
         }
     }
 
@@ -206,6 +222,7 @@ impl Printer {
             let _ = stdout.flush();
         }
         self.last_progress.set(None);
+        self.last_phase.replace(String::new());
     }
 
     /// Record and show a finished step.

@@ -156,14 +156,53 @@ impl Prober {
     /// Probe once.
     pub async fn probe(&self) -> Probe {
         let start = Instant::now();
-        let outcome = match tokio::time::timeout(self.timeout, self.attempt()).await {
+        let mut outcome = match tokio::time::timeout(self.timeout, self.attempt()).await {
             Ok(o) => o,
             Err(_) => ProbeOutcome::TimedOut(self.timeout),
         };
+        // A TLS server closes a plain HTTP request without a word, which looks like an app not
+        // up yet: it would be waited for until the deadline. Asked in its own protocol, it
+        // answers at once.
+        if self.url.scheme() == "http"
+            && matches!(&outcome, ProbeOutcome::NotListening(c) if c != "connection refused")
+            && self.speaks_tls().await
+        {
+            outcome = ProbeOutcome::Error(format!(
+                "the app answers TLS on {}: use https:// in health.url",
+                self.url.port_or_known_default().unwrap_or(80)
+            ));
+        }
         Probe {
             outcome,
             latency: start.elapsed(),
         }
+    }
+
+    /// Whether the server at the URL's host and port answers a TLS ClientHello with a TLS
+    /// record (a handshake, or an alert refusing this minimal hello: either is TLS).
+    async fn speaks_tls(&self) -> bool {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (Some(host), Some(port)) = (self.url.host_str(), self.url.port_or_known_default())
+        else {
+            return false;
+        };
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let ask = async move {
+            let mut s = tokio::net::TcpStream::connect((host.as_str(), port))
+                .await
+                .ok()?;
+            s.write_all(&CLIENT_HELLO).await.ok()?;
+            let mut first = [0u8; 1];
+            s.read_exact(&mut first).await.ok()?;
+            Some(first[0])
+        };
+        matches!(
+            tokio::time::timeout(Duration::from_millis(500), ask).await,
+            Ok(Some(0x15 | 0x16))
+        )
     }
 
     async fn attempt(&self) -> ProbeOutcome {
@@ -208,6 +247,30 @@ impl Prober {
         }
     }
 }
+
+/// A minimal TLS 1.2 ClientHello (one cipher suite, no extensions): enough for a TLS server to
+/// answer with a handshake or an alert record.
+const CLIENT_HELLO: [u8; 52] = {
+    let mut b = [0u8; 52];
+    let head = [
+        0x16, 0x03, 0x01, 0x00, 0x2f, // record: handshake, TLS 1.0 framing, 47 bytes
+        0x01, 0x00, 0x00, 0x2b, // ClientHello, 43 bytes
+        0x03, 0x03, // TLS 1.2
+    ];
+    let mut i = 0;
+    while i < head.len() {
+        b[i] = head[i];
+        i += 1;
+    }
+    // 32 bytes of "random" stay zero; then the session id, suites, compression, extensions.
+    let tail = [0x00, 0x00, 0x02, 0xc0, 0x2f, 0x01, 0x00, 0x00, 0x00];
+    let mut j = 0;
+    while j < tail.len() {
+        b[11 + 32 + j] = tail[j];
+        j += 1;
+    }
+    b
+};
 
 fn classify(e: &reqwest::Error, timeout: Duration) -> ProbeOutcome {
     if e.is_timeout() {
@@ -258,5 +321,131 @@ fn short_cause(chain: &str) -> String {
         "connection closed".into()
     } else {
         chain.rsplit(": ").next().unwrap_or(chain).to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read as _, Write as _};
+
+    fn prober(url: &str) -> Prober {
+        Prober::new(&Health {
+            url: reqwest::Url::parse(url).unwrap(),
+            timeout: Duration::from_millis(700),
+            deadline: Duration::from_secs(5),
+            stable_for: Duration::ZERO,
+            interval: Duration::from_millis(100),
+            expect_body: None,
+            timeouts_in_a_row: 3,
+        })
+        .unwrap()
+    }
+
+    /// A real server on 127.0.0.1 that answers every connection with `reply` (after reading
+    /// the request), then closes; `reply` None keeps the connection open without a word.
+    fn serve(reply: Option<Vec<u8>>) -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for s in l.incoming().flatten().take(8) {
+                let reply = reply.clone();
+                std::thread::spawn(move || {
+                    let mut s = s;
+                    let mut buf = [0u8; 4096];
+                    let _ = s.read(&mut buf);
+                    match reply {
+                        Some(r) => {
+                            let _ = s.write_all(&r);
+                        }
+                        None => std::thread::sleep(Duration::from_secs(3)),
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    fn http(status: &str, headers: &str, body: &str) -> Option<Vec<u8>> {
+        Some(
+            format!(
+                "HTTP/1.1 {status}\r\ncontent-length: {}\r\n{headers}connection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes(),
+        )
+    }
+
+    async fn outcome(port: u16) -> ProbeOutcome {
+        prober(&format!("http://127.0.0.1:{port}/health"))
+            .probe()
+            .await
+            .outcome
+    }
+
+    #[tokio::test]
+    async fn each_kind_of_answer_is_classified_as_a_verdict_needs_it() {
+        let refused = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        assert!(
+            matches!(outcome(refused).await, ProbeOutcome::NotListening(c) if c == "connection refused")
+        );
+        assert_eq!(
+            outcome(serve(http("200 OK", "", "ok"))).await,
+            ProbeOutcome::Pass(200)
+        );
+        assert_eq!(
+            outcome(serve(http("503 Unavailable", "", ""))).await,
+            ProbeOutcome::NotReady
+        );
+        assert_eq!(
+            outcome(serve(http("500 Oops", "", ""))).await,
+            ProbeOutcome::Status(500)
+        );
+        assert!(matches!(
+            outcome(serve(http("302 Found", "location: /login\r\n", ""))).await,
+            ProbeOutcome::Redirect(302, to) if to == "/login"
+        ));
+        assert!(matches!(
+            outcome(serve(None)).await,
+            ProbeOutcome::TimedOut(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_huge_body_is_read_only_up_to_the_cap() {
+        let big = "x".repeat(5 * 1024 * 1024);
+        let port = serve(http("200 OK", "", &big));
+        let p = prober(&format!("http://127.0.0.1:{port}/health"));
+        assert_eq!(p.probe().await.outcome, ProbeOutcome::Pass(200));
+    }
+
+    #[tokio::test]
+    async fn plain_http_to_a_tls_server_fails_at_once_naming_the_scheme() {
+        // A TLS server as Node's: it closes a plain request without a word and answers a
+        // ClientHello with a TLS record (here an alert).
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for s in l.incoming().flatten().take(8) {
+                let mut s = s;
+                let mut first = [0u8; 1];
+                if s.read_exact(&mut first).is_ok() && first[0] == 0x16 {
+                    let _ = s.write_all(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28]);
+                }
+            }
+        });
+        match outcome(port).await {
+            ProbeOutcome::Error(e) => assert!(e.contains("use https://"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        // An app that closes without a word and speaks no TLS stays "not listening".
+        let closes = serve(Some(Vec::new()));
+        assert!(matches!(
+            outcome(closes).await,
+            ProbeOutcome::NotListening(_)
+        ));
     }
 }

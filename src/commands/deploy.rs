@@ -61,6 +61,9 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &DeployArgs) -> Result<Done> {
     // `guard check`'s failures refuse the deploy before anything changes (among them the
     // incident's defaults on an app whose script lies in dist/); its warnings are shown.
     ops::inspect::deploy_gate(ctx, &tools).await?;
+    if ctx.settings.strategy != Strategy::Restart {
+        ops::trial::check_port(ctx)?;
+    }
     let step_cmd = deploy_command(ctx, args);
     let mut lock = ops::lock(ctx).await?;
 

@@ -49,6 +49,8 @@ pub enum Problem {
     CrashLoop,
     /// The health probe failing.
     Health,
+    /// The health probe failing and passing by turns.
+    HealthFlapping,
     /// An instance above max_memory.
     Memory,
     /// Build artifacts in the app folder.
@@ -89,6 +91,14 @@ pub enum Event {
         /// The last probe.
         probe: String,
     },
+    /// The health check kept failing and recovering: one alert per window instead of a
+    /// `health_failing` and a `recovered` each time.
+    HealthFlapping {
+        /// Failing spells within the window.
+        spells: u64,
+        /// The window.
+        within_ms: u64,
+    },
     /// An instance uses more memory than allowed.
     MemoryHigh {
         /// PM2 id.
@@ -120,6 +130,7 @@ impl Event {
             Event::CrashLoop { .. } => "crash_loop",
             Event::GaveUp { .. } => "gave_up",
             Event::HealthFailing { .. } => "health_failing",
+            Event::HealthFlapping { .. } => "health_flapping",
             Event::MemoryHigh { .. } => "memory_high",
             Event::Artifacts { .. } => "artifacts",
             Event::Recovered { .. } => "recovered",
@@ -132,9 +143,10 @@ impl Event {
             Event::Crash { .. } | Event::MemoryHigh { .. } | Event::Artifacts { .. } => {
                 Severity::Warning
             }
-            Event::CrashLoop { .. } | Event::GaveUp { .. } | Event::HealthFailing { .. } => {
-                Severity::Critical
-            }
+            Event::CrashLoop { .. }
+            | Event::GaveUp { .. }
+            | Event::HealthFailing { .. }
+            | Event::HealthFlapping { .. } => Severity::Critical,
             Event::Recovered { .. } => Severity::Info,
         }
     }
@@ -144,6 +156,7 @@ impl Event {
         match self {
             Event::CrashLoop { restarts, .. } | Event::GaveUp { restarts, .. } => Some(*restarts),
             Event::HealthFailing { failures, .. } => Some(u64::from(*failures)),
+            Event::HealthFlapping { spells, .. } => Some(*spells),
             _ => None,
         }
     }
@@ -155,6 +168,7 @@ impl Event {
                 Problem::Crash => "crash",
                 Problem::CrashLoop => "crash_loop",
                 Problem::Health => "health_failing",
+                Problem::HealthFlapping => "health_flapping",
                 Problem::Memory => "memory_high",
                 Problem::Artifacts => "artifacts",
             }),
@@ -187,6 +201,10 @@ impl Event {
             Event::HealthFailing { failures, probe } => {
                 format!("health check failed {failures} times in a row: {probe}")
             }
+            Event::HealthFlapping { spells, within_ms } => format!(
+                "health check flapping: {spells} failing spells within {}, passing in between",
+                secs(*within_ms)
+            ),
             Event::MemoryHigh {
                 instance,
                 bytes,
@@ -205,6 +223,7 @@ impl Event {
                     Problem::Crash => "restarts stopped, every instance online",
                     Problem::CrashLoop => "the crash loop stopped, every instance online",
                     Problem::Health => "health check passes again",
+                    Problem::HealthFlapping => "health check steady again",
                     Problem::Memory => "memory back under max_memory",
                     Problem::Artifacts => "build artifacts gone",
                 };
@@ -246,6 +265,10 @@ pub struct Monitor {
     pass_run: u32,
     /// Open since, and whether it was reported (not while a crash explains it).
     health: Option<(Duration, bool)>,
+    /// When each failing spell of the health check opened, within the loop window.
+    health_spells: Vec<Duration>,
+    /// Flapping reported, since: no `health_failing` or `recovered` per spell meanwhile.
+    flapping: Option<Duration>,
     memory: BTreeMap<u32, Duration>,
     artifacts: Option<(Duration, Vec<String>)>,
     events: Vec<Event>,
@@ -268,6 +291,8 @@ impl Monitor {
             fail_run: 0,
             pass_run: 0,
             health: None,
+            health_spells: Vec::new(),
+            flapping: None,
             memory: BTreeMap::new(),
             artifacts: None,
             events: Vec::new(),
@@ -418,7 +443,7 @@ impl Monitor {
                 && self.pass_run >= self.limits.failures
             {
                 self.health = None;
-                if reported {
+                if reported && self.flapping.is_none() {
                     self.events.push(Event::Recovered {
                         problem: Problem::Health,
                         after_ms: ms(now.saturating_sub(since)),
@@ -430,6 +455,25 @@ impl Monitor {
         self.pass_run = 0;
         self.fail_run += 1;
         if self.health.is_none() && self.fail_run >= self.limits.failures {
+            let window = self.limits.loop_window;
+            self.health_spells.push(now);
+            self.health_spells
+                .retain(|t| now.saturating_sub(*t) <= window);
+            let spells = self.health_spells.len() as u64;
+            if self.flapping.is_some() {
+                // Already said: this spell is part of it.
+                self.health = Some((now, true));
+                return;
+            }
+            if spells >= u64::from(self.limits.loop_restarts) && spells > 1 {
+                self.flapping = Some(now);
+                self.health = Some((now, true));
+                self.events.push(Event::HealthFlapping {
+                    spells,
+                    within_ms: ms(window),
+                });
+                return;
+            }
             // While a crash episode is open it explains the failing probe: one alert, not two.
             let report = self.episode.is_none();
             self.health = Some((now, report));
@@ -526,6 +570,20 @@ impl Monitor {
                 after_ms: ms(now.saturating_sub(since)),
             });
         }
+        if let Some(since) = self.flapping
+            && self.health.is_none()
+            && self
+                .health_spells
+                .iter()
+                .all(|t| now.saturating_sub(*t) > self.limits.loop_window)
+        {
+            self.flapping = None;
+            self.health_spells.clear();
+            self.events.push(Event::Recovered {
+                problem: Problem::HealthFlapping,
+                after_ms: ms(now.saturating_sub(since)),
+            });
+        }
         if self.episode.is_none()
             && let Some((_, reported @ false)) = &mut self.health
         {
@@ -543,6 +601,7 @@ impl Monitor {
         self.looping.is_some()
             || self.episode.as_ref().is_some_and(|e| e.gave_up)
             || self.health.is_some()
+            || self.flapping.is_some()
     }
 
     /// The state is being dealt with by a rollback: forget the open crash and health problems
@@ -552,6 +611,8 @@ impl Monitor {
         self.looping = None;
         self.restarts.clear();
         self.health = None;
+        self.health_spells.clear();
+        self.flapping = None;
         self.fail_run = 0;
         self.pass_run = 0;
     }
@@ -719,6 +780,50 @@ mod tests {
         m.on_probe(&pass, s(7));
         assert_eq!(names(&mut m), ["recovered"]);
         assert!(!m.wants_rollback());
+    }
+
+    #[test]
+    fn a_flapping_health_check_is_one_alert_per_window_not_one_per_spell() {
+        let mut m = Monitor::new(limits());
+        m.baseline(&[inst(0, "online", Some(10), 0)], s(0));
+        let fail = ProbeOutcome::Status(500);
+        let pass = ProbeOutcome::Pass(200);
+        let mut t = 0u64;
+        // 3 failures, 3 passes, over and over for two minutes (5 s apart).
+        while t < 120 {
+            for _ in 0..3 {
+                t += 5;
+                m.on_probe(&fail, s(t));
+                m.on_tick(s(t));
+            }
+            for _ in 0..3 {
+                t += 5;
+                m.on_probe(&pass, s(t));
+                m.on_tick(s(t));
+            }
+        }
+        let words = names(&mut m);
+        assert_eq!(
+            words,
+            [
+                "health_failing",
+                "recovered",
+                "health_failing",
+                "recovered",
+                "health_flapping"
+            ],
+            "bounded, whatever the flapping goes on for"
+        );
+        assert!(m.wants_rollback());
+        // A whole window of passes: one recovered for the flapping.
+        for _ in 0..13 {
+            t += 5;
+            m.on_probe(&pass, s(t));
+            m.on_tick(s(t));
+        }
+        let ev = m.take_events();
+        assert_eq!(ev.len(), 1, "{ev:?}");
+        assert_eq!(ev[0].resolves(), Some("health_flapping"));
     }
 
     #[test]

@@ -187,9 +187,57 @@ pub fn print_verdict(ctx: &mut Ctx<'_>, verdict: &Verdict) {
         .step("verify", state, verdict.elapsed(), &verdict.message);
 }
 
-/// `pm2 save`, as a step; a failure is a warning, the app runs either way.
+/// The apps of the saved list that a `pm2 save` now would drop (PM2 does not run them:
+/// its daemon was restarted without `pm2 resurrect`), sorted.
+pub fn lost_by_save(saved: &[String], running: &[String]) -> Vec<String> {
+    let mut lost: Vec<String> = saved
+        .iter()
+        .filter(|s| !running.contains(s))
+        .cloned()
+        .collect();
+    lost.sort();
+    lost.dedup();
+    lost
+}
+
+/// `pm2 save`, as a step; a failure is a warning, the app runs either way. Never a save that
+/// drops an app the saved list had: after a daemon restart without `pm2 resurrect`, PM2 runs
+/// only what guard started, and a save would leave the other apps out of the next reboot.
 pub async fn save_step(ctx: &mut Ctx<'_>, tools: &Tools) {
     let t = Instant::now();
+    let saved: Vec<String> = crate::pm2::dump_entries(&tools.pm2.home().join("dump.pm2"))
+        .map(|d| d.into_iter().map(|(name, _)| name).collect())
+        .unwrap_or_default();
+    // Only a saved list with other apps needs PM2's whole list (a pm2 call).
+    if saved.iter().any(|n| n != &ctx.settings.app.name) {
+        let running: Vec<String> = match tools.pm2.jlist().await {
+            Ok(list) => list.into_iter().map(|i| i.name).collect(),
+            Err(e) => {
+                ctx.printer.step(
+                    "pm2 save",
+                    StepState::Warn,
+                    t.elapsed(),
+                    format!(
+                        "skipped: PM2's list could not be read to check what a save keeps ({e:#})"
+                    ),
+                );
+                return;
+            }
+        };
+        let lost = lost_by_save(&saved, &running);
+        if !lost.is_empty() {
+            ctx.printer.step(
+                "pm2 save",
+                StepState::Warn,
+                t.elapsed(),
+                format!(
+                    "skipped: saving now would drop {} from the list PM2 restores after a reboot (PM2 does not run them: was its daemon restarted without `pm2 resurrect`?); run `pm2 resurrect`, check `pm2 ls`, then `pm2 save`",
+                    lost.join(", ")
+                ),
+            );
+            return;
+        }
+    }
     match tools.pm2.save().await {
         Ok(()) => ctx.printer.step(
             "pm2 save",
@@ -244,6 +292,17 @@ mod tests {
             exec_path: Some("/srv/app/server.js".into()),
             ..Instance::default()
         }
+    }
+
+    #[test]
+    fn a_save_that_would_drop_a_saved_app_is_named() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert!(lost_by_save(&s(&["api", "worker"]), &s(&["api", "worker", "cron"])).is_empty());
+        assert_eq!(
+            lost_by_save(&s(&["worker", "api", "worker"]), &s(&["api"])),
+            s(&["worker"])
+        );
+        assert!(lost_by_save(&[], &s(&["api"])).is_empty());
     }
 
     #[test]

@@ -63,6 +63,21 @@ module.exports = { apps: [a] };
 "#;
 
 /// A free TCP port on 127.0.0.1 (the kernel's choice).
+/// A configured `deploy.preflight_port` must be free before anything changes: a port in use
+/// would fail a good release as "crashed at start". A usage error (exit 2) naming it.
+pub fn check_port(ctx: &Ctx<'_>) -> Result<()> {
+    let Some(port) = ctx.settings.trial_port else {
+        return Ok(());
+    };
+    if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+        return Err(crate::exit::usage(format!(
+            "deploy.preflight_port {port} is in use ({e}): the trial of the new release could not listen there; free it or unset preflight_port (a free port is then picked), config {}; nothing was changed",
+            ctx.settings.config_path.display()
+        )));
+    }
+    Ok(())
+}
+
 fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
     Ok(l.local_addr()?.port())
@@ -119,6 +134,23 @@ pub async fn delete_leftover(ctx: &mut Ctx<'_>, tools: &Tools) {
         ctx.printer
             .step("preflight", StepState::Warn, t.elapsed(), detail);
     }
+    // The loader folders of trials whose run was killed (-9) with them: this app's only
+    // (backup.dir may be shared), and no trial of this app runs while its lock is held.
+    let prefix = trial_dir_prefix(&ctx.settings.app.name);
+    if let Ok(rd) = std::fs::read_dir(ctx.store.dir()) {
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+            if is_dir && name.to_str().is_some_and(|n| n.starts_with(&prefix)) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+/// The name every trial folder of `app` in backup.dir starts with.
+fn trial_dir_prefix(app: &str) -> String {
+    format!("trial-{app}-")
 }
 
 /// Run the trial of the release now in app.dir; the verdict says whether it may replace the
@@ -133,7 +165,7 @@ pub async fn run(ctx: &mut Ctx<'_>, tools: &Tools, ecosystem: &Path, id: &str) -
         None => free_port()?,
     };
     let dir = tempfile::Builder::new()
-        .prefix("trial-")
+        .prefix(&trial_dir_prefix(&name))
         .tempdir_in(ctx.store.dir())
         .with_context(|| {
             format!(

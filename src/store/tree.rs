@@ -574,6 +574,7 @@ pub fn read_index(path: &Path) -> Result<Vec<Entry>> {
     let f = open_nofollow(path).with_context(|| format!("reading {}", path.display()))?;
     let mut out = Vec::new();
     let mut seen = HashSet::new();
+    let mut dirs: HashSet<PathBuf> = HashSet::new();
     for (n, line) in BufReader::new(flate2::read::GzDecoder::new(f))
         .lines()
         .enumerate()
@@ -585,6 +586,23 @@ pub fn read_index(path: &Path) -> Result<Vec<Entry>> {
             .map_err(|e| anyhow::anyhow!("{} line {}: {e}", path.display(), n + 1))?;
         if !seen.insert(entry.path.clone()) {
             bail!("{} line {}: a path listed twice", path.display(), n + 1);
+        }
+        // Parents come before children, each as a folder: an entry under a symlink or a file
+        // (a hostile index) would stop a restore half-way, so it is refused before it starts.
+        if let Some(parent) = entry.path.parent()
+            && !parent.as_os_str().is_empty()
+            && !dirs.contains(parent)
+        {
+            bail!(
+                "{} line {}: {} lies under {}, which the snapshot does not hold as a folder before it",
+                path.display(),
+                n + 1,
+                entry.path.display(),
+                parent.display()
+            );
+        }
+        if matches!(entry.node, Node::Dir) {
+            dirs.insert(entry.path.clone());
         }
         out.push(entry);
     }
@@ -1398,6 +1416,41 @@ mod tests {
         ] {
             let parsed: Line = serde_json::from_str(line).unwrap();
             assert!(Entry::from_line(parsed).is_err(), "{line}");
+        }
+    }
+
+    #[test]
+    fn an_index_with_a_child_under_a_link_or_a_file_is_refused_before_a_restore() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = "0000000000000000000000000000000000000000000000000000000000000000";
+        for (name, lines) in [
+            (
+                "under-link",
+                vec![
+                    r#"{"p":"dist","t":"l","m":511,"l":"/etc"}"#.to_string(),
+                    format!(r#"{{"p":"dist/cron","t":"f","m":420,"h":"{h}","s":1}}"#),
+                ],
+            ),
+            (
+                "under-file",
+                vec![
+                    format!(r#"{{"p":"a","t":"f","m":420,"h":"{h}","s":1}}"#),
+                    format!(r#"{{"p":"a/b","t":"f","m":420,"h":"{h}","s":1}}"#),
+                ],
+            ),
+        ] {
+            let p = dir.path().join(name);
+            let mut gz = flate2::write::GzEncoder::new(
+                fs::File::create(&p).unwrap(),
+                flate2::Compression::fast(),
+            );
+            gz.write_all((lines.join("\n") + "\n").as_bytes()).unwrap();
+            gz.finish().unwrap();
+            let err = read_index(&p).unwrap_err();
+            assert!(
+                format!("{err:#}").contains("does not hold as a folder"),
+                "{err:#}"
+            );
         }
     }
 

@@ -289,3 +289,41 @@ fn a_release_whose_script_does_not_exist_is_refused_before_the_running_app_is_to
         "files put back"
     );
 }
+
+#[test]
+fn a_deploy_after_pm2_lost_its_list_never_saves_a_list_without_the_other_apps() {
+    let app = App::new();
+    app.start_v1();
+    // A second app in the same PM2, saved with it.
+    let other = app.root.path().join("worker.js");
+    std::fs::write(&other, "setInterval(() => {}, 1000);\n").unwrap();
+    assert!(
+        app.pm2(&["start", other.to_str().unwrap(), "--name", "worker"])
+            .status
+            .success()
+    );
+    assert!(app.pm2(&["save", "--force"]).status.success());
+    // The daemon dies and comes back without `pm2 resurrect`: only what guard starts runs.
+    assert!(app.pm2(&["kill"]).status.success());
+    app.release("v2", "good");
+    let run = app.guard(&["--json", "deploy"]);
+    run.expect(0);
+    let dump = std::fs::read_to_string(app.pm2_home.join("dump.pm2")).unwrap();
+    assert!(
+        dump.contains("\"worker\""),
+        "a reboot still brings the worker back"
+    );
+    let doc = run.json();
+    let save = doc["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "pm2 save")
+        .unwrap();
+    assert_eq!(save["state"], "warn", "{save}");
+    let detail = save["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("worker") && detail.contains("pm2 resurrect"),
+        "{detail}"
+    );
+}
