@@ -78,4 +78,7 @@ interval = "${INTERVAL:-250ms}"
 [pm2]
 bin = "$pm2"
 home = "pm2"
+
+[check]
+sentry_flag = "SENTRY_ENABLED"
 TOML

@@ -109,20 +109,28 @@ pub fn fail_fast(
     }
 }
 
-/// Sentry configured but not enabled: the incident's error tracking that never reported.
-pub fn sentry(dsn_set: bool, enabled: Option<&str>) -> Check {
-    let on = enabled.is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
-    match (dsn_set, on) {
-        (true, true) => Check::ok(
-            "sentry",
-            "Sentry: enabled (SENTRY_DSN and SENTRY_ENABLED=true)",
-        ),
-        (true, false) => Check::warn(
-            "sentry",
-            "Sentry: SENTRY_DSN is set but SENTRY_ENABLED is not true: errors are not reported",
-            "add SENTRY_ENABLED=true beside SENTRY_DSN in the env file",
-        ),
+/// Sentry configured but not enabled: the incident's error tracking that never reported. The
+/// flag rule applies only to an app that uses an enable flag (`flag`: its key and value).
+pub fn sentry(dsn_set: bool, flag: Option<(&str, Option<&str>)>) -> Check {
+    match (dsn_set, flag) {
         (false, _) => Check::ok("sentry", "Sentry: not configured (no SENTRY_DSN)"),
+        (true, None) => Check::ok("sentry", "Sentry: SENTRY_DSN is set"),
+        (true, Some((key, value))) => {
+            if value.is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
+                Check::ok(
+                    "sentry",
+                    format!("Sentry: enabled (SENTRY_DSN and {key}=true)"),
+                )
+            } else {
+                Check::warn(
+                    "sentry",
+                    format!(
+                        "Sentry: SENTRY_DSN is set but {key} is not true: errors are not reported"
+                    ),
+                    format!("add {key}=true beside SENTRY_DSN in the env file"),
+                )
+            }
+        }
     }
 }
 
@@ -183,10 +191,13 @@ mod tests {
 
     #[test]
     fn sentry_configured_but_not_enabled_is_the_incidents_gap() {
-        assert_eq!(sentry(true, None).level, Level::Warn);
-        assert_eq!(sentry(true, Some("false")).level, Level::Warn);
-        assert_eq!(sentry(true, Some("true")).level, Level::Ok);
-        assert_eq!(sentry(false, None).level, Level::Ok);
+        let flag = |v| Some(("SENTRY_ENABLED", v));
+        assert_eq!(sentry(true, flag(None)).level, Level::Warn);
+        assert_eq!(sentry(true, flag(Some("false"))).level, Level::Warn);
+        assert_eq!(sentry(true, flag(Some("true"))).level, Level::Ok);
+        assert_eq!(sentry(false, flag(None)).level, Level::Ok);
+        // An app without an enable flag reports whenever the DSN is set.
+        assert_eq!(sentry(true, None).level, Level::Ok);
     }
 
     #[test]

@@ -145,12 +145,15 @@ impl AlertConfig {
 }
 
 /// `[check]`: the PM2 fail-fast policy `guard check` expects.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct CheckLimits {
     /// The highest acceptable `max_restarts` (the incident's fix: 3).
     pub max_restarts: u32,
     /// The lowest acceptable `min_uptime` (the incident's fix: 30 s).
     pub min_uptime: Duration,
+    /// The env key the app reads to turn Sentry on (the incident's `SENTRY_ENABLED`), when it
+    /// has one: only then is a DSN without it a warning.
+    pub sentry_flag: Option<String>,
 }
 
 /// `[app]`
@@ -474,6 +477,7 @@ struct RawCheck {
     max_restarts: u32,
     #[serde(default = "default_min_uptime", with = "humantime_serde")]
     min_uptime: Duration,
+    sentry_flag: Option<String>,
 }
 
 impl Default for RawCheck {
@@ -481,6 +485,7 @@ impl Default for RawCheck {
         RawCheck {
             max_restarts: default_max_restarts(),
             min_uptime: default_min_uptime(),
+            sentry_flag: None,
         }
     }
 }
@@ -837,6 +842,13 @@ fn resolve(raw: RawConfig, base: &Path, path: &Path) -> std::result::Result<Sett
     if raw.deploy.preflight_port == Some(0) {
         return Err("deploy.preflight_port must be 1 to 65535 (unset: a free port)".into());
     }
+    if let Some(flag) = &raw.check.sentry_flag
+        && (flag.is_empty() || !flag.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+    {
+        return Err(format!(
+            "check.sentry_flag {flag:?} must be an env variable name like \"SENTRY_ENABLED\""
+        ));
+    }
     let watch = resolve_watch(&raw.watch)?;
     let alert = resolve_alert(&raw.alert, base)?;
     // guard's own config, and the files it reads secrets from, are never captured or
@@ -874,6 +886,7 @@ fn resolve(raw: RawConfig, base: &Path, path: &Path) -> std::result::Result<Sett
         check: CheckLimits {
             max_restarts: raw.check.max_restarts,
             min_uptime: raw.check.min_uptime,
+            sentry_flag: raw.check.sentry_flag.clone(),
         },
         readable_env: crate::redact::READABLE
             .iter()

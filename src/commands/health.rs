@@ -215,11 +215,12 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &HealthArgs) -> Result<Done> {
         None => None,
     };
     inspect::learn_ecosystem_env(ctx, declared.as_ref());
-    let (dsn, enabled) = inspect::sentry_state(ctx, declared.as_ref());
+    let (dsn, flag) = inspect::sentry_state(ctx, declared.as_ref());
     let sentry_on = dsn
-        && enabled
-            .as_deref()
-            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        && flag.as_ref().is_none_or(|(_, v)| {
+            v.as_deref()
+                .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+        });
     let max_restarts = declared
         .as_ref()
         .and_then(|d| d.max_restarts)

@@ -130,6 +130,22 @@ pub async fn run(printer: &mut Printer, config: Option<&Path>, args: &InitArgs) 
     text.push_str(&format!(
         "[health]\nurl = {url:?}    # CHECK\nstable_for = \"10s\"\n"
     ));
+    // The incident's app turned Sentry on with SENTRY_ENABLED: an app that names such a flag
+    // gets the rule that a DSN without it on is a warning; others are not warned about it.
+    let names_flag = app.sentry_enabled.is_some()
+        || env_files.iter().any(|f| {
+            std::fs::read_to_string(app_dir.join(f))
+                .map(|t| {
+                    crate::redact::parse_env(&t)
+                        .iter()
+                        .any(|(k, _)| k == "SENTRY_ENABLED")
+                })
+                .unwrap_or(false)
+        });
+    if names_flag {
+        guessed.push("check.sentry_flag SENTRY_ENABLED (the app turns Sentry on with it)".into());
+        text.push_str("\n[check]\nsentry_flag = \"SENTRY_ENABLED\"\n");
+    }
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

@@ -43,21 +43,42 @@ pub fn env_values(ctx: &Ctx<'_>) -> Vec<(String, String)> {
     out
 }
 
-/// Whether Sentry has a DSN, and the SENTRY_ENABLED value in force.
-pub fn sentry_state(ctx: &Ctx<'_>, declared: Option<&Declared>) -> (bool, Option<String>) {
+/// Whether Sentry has a DSN, and the app's enable flag with its value, when the app uses one:
+/// `[check] sentry_flag`, else `SENTRY_ENABLED` if the env files or the ecosystem name it.
+pub fn sentry_state(
+    ctx: &Ctx<'_>,
+    declared: Option<&Declared>,
+) -> (bool, Option<(String, Option<String>)>) {
     let env = env_values(ctx);
     let get = |k: &str| {
-        env.iter()
-            .rev()
-            .find(|(key, _)| key == k)
-            .map(|(_, v)| v.clone())
+        let from_ecosystem = declared.and_then(|d| {
+            d.env
+                .0
+                .iter()
+                .rev()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone().unwrap_or_default())
+        });
+        from_ecosystem.or_else(|| {
+            env.iter()
+                .rev()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        })
     };
     let dsn =
         get("SENTRY_DSN").is_some_and(|v| !v.is_empty()) || declared.is_some_and(|d| d.sentry_dsn);
-    let enabled = declared
-        .and_then(|d| d.sentry_enabled.clone())
-        .or_else(|| get("SENTRY_ENABLED"));
-    (dsn, enabled)
+    let flag = match &ctx.settings.check.sentry_flag {
+        Some(f) => Some(f.clone()),
+        None => get("SENTRY_ENABLED").map(|_| "SENTRY_ENABLED".to_string()),
+    };
+    (
+        dsn,
+        flag.map(|f| {
+            let v = get(&f);
+            (f, v)
+        }),
+    )
 }
 
 /// Run every check. `pm2_calls` allows the one `pm2 jlist` the saved-list check needs.
@@ -136,8 +157,11 @@ pub async fn run(ctx: &Ctx<'_>, tools: &Tools, pm2_calls: bool) -> Inspection {
         )),
     }
 
-    let (dsn, enabled) = sentry_state(ctx, found.declared.as_ref());
-    found.checks.push(checks::sentry(dsn, enabled.as_deref()));
+    let (dsn, flag) = sentry_state(ctx, found.declared.as_ref());
+    found.checks.push(checks::sentry(
+        dsn,
+        flag.as_ref().map(|(k, v)| (k.as_str(), v.as_deref())),
+    ));
 
     found.checks.push(gitignore(ctx).await);
     if pm2_calls {

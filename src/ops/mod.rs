@@ -149,12 +149,33 @@ pub fn clean_step(ctx: &mut Ctx<'_>, name: &str, scope: clean::Scope) -> Result<
             .step(name, StepState::Ok, t.elapsed(), "no artifacts");
     } else {
         clean::remove(&ctx.settings.app.dir, &found)?;
-        ctx.printer.step(
-            name,
-            StepState::Warn,
-            t.elapsed(),
-            format!("removed {}", clean::summary(&found)),
-        );
+        // An app that builds on the server (`after_deploy = false`) has its build output
+        // removed before every build: that is the normal start of its deploy, not a warning.
+        // An artifact anywhere else (the incident's stale dist/, an archive) is.
+        let build_output = scope == clean::Scope::BeforeBuild
+            && !ctx.settings.clean.after_deploy
+            && found.iter().all(|a| {
+                ctx.settings
+                    .clean
+                    .paths
+                    .iter()
+                    .any(|p| a.path.starts_with(p))
+            });
+        let (state, detail) = if build_output {
+            (
+                StepState::Ok,
+                format!(
+                    "removed {} (the build output, rebuilt by the deploy step)",
+                    clean::summary(&found)
+                ),
+            )
+        } else {
+            (
+                StepState::Warn,
+                format!("removed {}", clean::summary(&found)),
+            )
+        };
+        ctx.printer.step(name, state, t.elapsed(), detail);
     }
     Ok(())
 }

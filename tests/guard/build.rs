@@ -22,6 +22,15 @@ fn redeploying_a_healthy_build_app_with_no_new_commit_is_exit_0_and_serving() {
         .map(|s| s["name"].as_str().unwrap().to_string())
         .collect();
     assert!(!steps.contains(&"clean again".to_string()), "{steps:?}");
+    // Removing the build output before the build is how this layout deploys: not a warning.
+    let doc = run.json();
+    let clean_step = doc["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "clean")
+        .unwrap();
+    assert_eq!(clean_step["state"], "ok", "{clean_step}");
     assert!(app.dir.join("dist/server.js").is_file());
     let clean = app.guard(&["clean", "--check"]);
     clean.expect(0);
