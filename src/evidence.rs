@@ -67,11 +67,66 @@ pub fn collect(instances: &[Instance], redactor: &Redactor, since: &Offsets) -> 
     tails
 }
 
-/// The last `n` lines that say something: stack frames (`    at ...`) are left to the saved file.
+/// At most `n` lines that explain a failure: the first error as Node prints it (`Error: ...`,
+/// `Error [ERR_MODULE_NOT_FOUND]: ...`) with its first two stack frames, then the last lines
+/// that say something; without such an error, the last lines. Other stack frames are left to
+/// the saved file.
 pub fn excerpt(text: &str, n: usize) -> Vec<&str> {
-    let lines: Vec<&str> = text
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let frame = |l: &&str| l.trim_start().starts_with("at ");
+    let Some(first_error) = lines.iter().position(|l| is_error_head(l)) else {
+        let said: Vec<&str> = lines.iter().filter(|l| !frame(l)).copied().collect();
+        return said[said.len().saturating_sub(n)..].to_vec();
+    };
+    let mut out = vec![lines[first_error]];
+    out.extend(
+        lines[first_error + 1..]
+            .iter()
+            .take_while(|l| frame(l))
+            .take(2)
+            .copied(),
+    );
+    let after = first_error + 1;
+    let rest: Vec<&str> = lines[after..]
+        .iter()
+        .filter(|l| !frame(l))
+        .copied()
+        .collect();
+    let room = n.saturating_sub(out.len());
+    out.extend(&rest[rest.len().saturating_sub(room)..]);
+    out
+}
+
+/// `Error: ...`, `TypeError: ...`, `Error [ERR_X]: ...`, `FooException: ...` at the start of a
+/// line, as Node prints an error.
+pub fn is_error_head(line: &str) -> bool {
+    if line.starts_with(char::is_whitespace) {
+        return false;
+    }
+    let Some((head, _)) = line.split_once(':') else {
+        return false;
+    };
+    let name = head.split(' ').next().unwrap_or(head);
+    let code_ok = match head.split_once(' ') {
+        None => true,
+        Some((_, code)) => code.starts_with('[') && code.ends_with(']'),
+    };
+    code_ok
+        && (name.ends_with("Error") || name.ends_with("Exception"))
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// PM2's own lines about `app` in its daemon log (`$PM2_HOME/pm2.log`), the last `n`: what
+/// there is to show when the app's logs are empty (a cluster worker that died while loading).
+pub fn daemon_lines(pm2_home: &Path, app: &str, n: usize) -> Vec<String> {
+    let Some(text) = tail_from(&pm2_home.join("pm2.log"), 2000, 0) else {
+        return Vec::new();
+    };
+    let quoted = format!("[{app}]");
+    let lines: Vec<String> = text
         .lines()
-        .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with("at "))
+        .filter(|l| l.contains(&quoted) || l.contains(&format!(" {app} ")))
+        .map(String::from)
         .collect();
     lines[lines.len().saturating_sub(n)..].to_vec()
 }
@@ -100,6 +155,21 @@ pub fn tail_from(path: &Path, n: usize, from: u64) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_excerpt_shows_the_error_that_explains_a_failure_not_only_the_last_lines() {
+        let text = "starting\nError: Cannot find module './dist/instrument.cjs'\n    at Module._resolveFilename (node:internal)\n    at Module._load (node:internal)\n    at more (x)\n    at more (y)\n{ code: 'MODULE_NOT_FOUND' }\nline a\nline b\nline c\nline d\nline e\nline f\n";
+        let shown = excerpt(text, 6);
+        assert_eq!(
+            shown[0],
+            "Error: Cannot find module './dist/instrument.cjs'"
+        );
+        assert!(shown[1].contains("_resolveFilename") && shown[2].contains("_load"));
+        assert_eq!(shown.len(), 6);
+        assert_eq!(shown[5], "line f");
+        // Without an error, the last lines that say something.
+        assert_eq!(excerpt("a\n  at x\nb\nc\n", 2), ["b", "c"]);
+    }
 
     #[test]
     fn tail_keeps_the_last_lines() {

@@ -18,6 +18,9 @@ pub struct Output {
     pub stdout: Vec<u8>,
     /// Captured stderr.
     pub stderr: Vec<u8>,
+    /// Processes of its group still running after it exited and held its output open (a
+    /// background `&` in a deploy step): `pid 123 (sleep)`. Not waited for.
+    pub lingering: Vec<String>,
 }
 
 impl Output {
@@ -126,10 +129,11 @@ pub async fn run_tracked(
         tokio::spawn(pump(err, true, tx.clone()));
     }
     drop(tx);
+    let pgid = killer.0;
     let work = async {
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-        // Ends when both pipes are closed.
-        while let Some((is_err, line)) = rx.recv().await {
+        let mut lingering = Vec::new();
+        let mut take = |(is_err, line): (bool, Vec<u8>)| {
             if let Some(f) = on_line.as_mut() {
                 f(String::from_utf8_lossy(&line).trim_end_matches(['\n', '\r']));
             }
@@ -138,15 +142,40 @@ pub async fn run_tracked(
             } else {
                 stdout.extend_from_slice(&line);
             }
-        }
-        let status = child.wait().await;
-        (status, stdout, stderr)
+        };
+        // The process is waited for, not its pipes: a background child it left behind may
+        // hold them open for an hour. After it exits, what is still in the pipes is read for
+        // a short grace, and whoever still holds them is named.
+        let status = loop {
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(m) => take(m),
+                    None => break child.wait().await,
+                },
+                status = child.wait() => {
+                    let until = tokio::time::Instant::now() + PIPE_GRACE;
+                    loop {
+                        match tokio::time::timeout_at(until, rx.recv()).await {
+                            Ok(Some(m)) => take(m),
+                            Ok(None) => break,
+                            Err(_) => {
+                                lingering = pgid.map(group_members).unwrap_or_default();
+                                break;
+                            }
+                        }
+                    }
+                    break status;
+                }
+            }
+        };
+        (status, stdout, stderr, lingering)
     };
-    let (status, stdout, stderr) = match tokio::time::timeout(limit, work).await {
-        Ok((status, out, err)) => (
+    let (status, stdout, stderr, lingering) = match tokio::time::timeout(limit, work).await {
+        Ok((status, out, err, lingering)) => (
             status.with_context(|| format!("waiting for `{shown}`"))?,
             out,
             err,
+            lingering,
         ),
         Err(_) => bail!(
             "`{shown}` did not finish within {}",
@@ -158,7 +187,42 @@ pub async fn run_tracked(
         code: status.code(),
         stdout,
         stderr,
+        lingering,
     })
+}
+
+/// How long a child's pipes are read after it exited.
+const PIPE_GRACE: Duration = Duration::from_secs(1);
+
+/// The processes of group `pgid` (from /proc), as `pid 123 (sleep)`, at most five.
+fn group_members(pgid: i32) -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        // After the name: state, ppid, pgrp.
+        let pgrp = stat[close + 1..]
+            .split_whitespace()
+            .nth(2)
+            .and_then(|p| p.parse::<i32>().ok());
+        if pgrp == Some(pgid) {
+            out.push(format!("pid {pid} ({})", &stat[open + 1..close]));
+            if out.len() == 5 {
+                break;
+            }
+        }
+    }
+    out
 }
 
 /// Forward a pipe line by line as raw bytes, so odd bytes cannot stop the reading and block
@@ -246,6 +310,48 @@ mod tests {
         assert!(out.success());
         assert_eq!(out.stdout, b"one\nthree\xff");
         assert_eq!(out.stderr, b"two\n");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_background_child_holding_the_output_does_not_hold_guard() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo started; sleep 25 & exit 0"]);
+        let start = std::time::Instant::now();
+        let out = run(cmd, "sh", Duration::from_secs(60), None).await.unwrap();
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(out.success());
+        assert_eq!(out.stdout, b"started\n");
+        assert!(
+            out.lingering.iter().any(|l| l.contains("(sleep)")),
+            "{:?}",
+            out.lingering
+        );
+        // A child that ends with its output closed leaves nothing behind.
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo done"]);
+        assert!(
+            run(cmd, "sh", Duration::from_secs(5), None)
+                .await
+                .unwrap()
+                .lingering
+                .is_empty()
+        );
+        // (The sleep is in the test's own group killer's reach no more: stop it.)
+        for l in out.lingering {
+            if let Some(pid) = l
+                .strip_prefix("pid ")
+                .and_then(|r| r.split(' ').next())
+                .and_then(|p| p.parse::<i32>().ok())
+                .filter(|p| *p > 1)
+            {
+                // SAFETY: kill(2) on a pid this test started; no memory is involved.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -418,6 +418,20 @@ async fn deploy_step(
     redactor.learn_env_files(&ctx.settings.app.dir, &ctx.settings.backup.files);
     ctx.printer.set_redactor(redactor);
     let result = match result {
+        Ok(out) if out.success() && !out.lingering.is_empty() => {
+            // It ended, but something it started in the background still runs (and writes
+            // where nobody reads): said, never waited for.
+            ctx.printer.step(
+                "deploy step",
+                StepState::Warn,
+                t.elapsed(),
+                format!(
+                    "{shown}; it left running, holding its output: {}",
+                    out.lingering.join(", ")
+                ),
+            );
+            Ok(())
+        }
         Ok(out) if out.success() => {
             ctx.printer
                 .step("deploy step", StepState::Ok, t.elapsed(), &shown);

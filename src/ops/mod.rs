@@ -297,7 +297,29 @@ pub async fn save_evidence(
             Err(e) => tracing::warn!("saving log evidence: {e:#}"),
         }
     }
-    if let Some(err) = tails
+    if tails.iter().all(|t| t.text.trim().is_empty()) {
+        // A worker that died while loading can leave nothing in the app's logs: what PM2
+        // itself said about the app is the evidence then.
+        let said = evidence::daemon_lines(&ctx.settings.pm2.home, &ctx.settings.app.name, 6);
+        let said: Vec<String> = said
+            .iter()
+            .map(|l| ctx.printer.redactor().redact(l))
+            .collect();
+        ctx.printer.detail(format!(
+            "PM2 wrote nothing to the app's logs since the restart; PM2's own lines about {}:",
+            ctx.settings.app.name
+        ));
+        for line in &said {
+            ctx.printer.detail(format!("  {line}"));
+        }
+        if !said.is_empty()
+            && let Err(e) = ctx
+                .store
+                .save_evidence(id, "pm2-daemon.log", &(said.join("\n") + "\n"))
+        {
+            tracing::warn!("saving PM2's lines: {e:#}");
+        }
+    } else if let Some(err) = tails
         .iter()
         .find(|t| t.name.ends_with("-error.log") && !t.text.trim().is_empty())
     {

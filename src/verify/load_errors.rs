@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 
-use crate::evidence::Offsets;
+use crate::evidence::{Offsets, is_error_head};
 use crate::pm2::Instance;
 
 /// New error-log output read per look, at most: the error is at its start.
@@ -92,25 +92,6 @@ impl LoadErrors {
         }
         None
     }
-}
-
-/// `Error: ...`, `TypeError: ...`, `Error [ERR_X]: ...`, `FooException: ...` at the start of a
-/// line, as Node prints an error.
-fn is_error_head(line: &str) -> bool {
-    if line.starts_with(char::is_whitespace) {
-        return false;
-    }
-    let Some((head, _)) = line.split_once(':') else {
-        return false;
-    };
-    let name = head.split(' ').next().unwrap_or(head);
-    let code_ok = match head.split_once(' ') {
-        None => true,
-        Some((_, code)) => code.starts_with('[') && code.ends_with(']'),
-    };
-    code_ok
-        && (name.ends_with("Error") || name.ends_with("Exception"))
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// Whether process `pid` holds a listening TCP socket (None when /proc cannot tell). Cluster

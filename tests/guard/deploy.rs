@@ -327,3 +327,25 @@ fn a_deploy_after_pm2_lost_its_list_never_saves_a_list_without_the_other_apps() 
         "{detail}"
     );
 }
+
+#[test]
+fn a_deploy_step_that_leaves_a_background_child_holding_its_output_does_not_hold_guard() {
+    let app = App::new();
+    app.start_v1();
+    let run = app.guard(&["--json", "deploy", "--", "sh", "-c", "echo pulled; sleep 25 &"]);
+    run.expect(0);
+    assert!(
+        run.took < std::time::Duration::from_secs(20),
+        "guard waited for the background child: {:?}",
+        run.took
+    );
+    let doc = run.json();
+    let step = doc["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "deploy step")
+        .unwrap();
+    assert_eq!(step["state"], "warn", "{step}");
+    assert!(step["detail"].as_str().unwrap().contains("(sleep)"), "{step}");
+}
