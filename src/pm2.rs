@@ -49,6 +49,23 @@ pub struct Instance {
     /// counter counts from then.
     #[serde(skip)]
     pub created_at_ms: Option<i64>,
+    /// What this process runs with, as PM2 holds it (not as the files now say).
+    #[serde(skip)]
+    pub running: Running,
+}
+
+/// The settings a running process has in PM2: they change only at a (re)start, whatever the
+/// ecosystem and env files say meanwhile. No env value is kept but on/off switches.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Running {
+    /// `max_restarts`.
+    pub max_restarts: Option<u64>,
+    /// `min_uptime`, in ms.
+    pub min_uptime_ms: Option<u64>,
+    /// Whether its env has a non-empty SENTRY_DSN.
+    pub sentry_dsn: bool,
+    /// Its env values that are switches (true/false, 1/0, yes/no, on/off), by key.
+    pub switches: Vec<(String, String)>,
 }
 
 #[derive(Deserialize)]
@@ -84,6 +101,58 @@ struct RawEnv {
     exec_mode: Option<String>,
     #[serde(default)]
     created_at: Option<i64>,
+    #[serde(default)]
+    max_restarts: Option<serde_json::Value>,
+    #[serde(default)]
+    min_uptime: Option<serde_json::Value>,
+    /// The process's environment: read for switches and whether a DSN is set, then dropped.
+    #[serde(default)]
+    env: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+fn running_of(env: &RawEnv) -> Running {
+    let number = |v: &Option<serde_json::Value>| -> Option<u64> {
+        match v {
+            Some(serde_json::Value::Number(n)) => n.as_f64().map(|f| f as u64),
+            Some(serde_json::Value::String(s)) => s.trim().parse::<f64>().ok().map(|f| f as u64),
+            _ => None,
+        }
+    };
+    let min_uptime_ms = match &env.min_uptime {
+        Some(serde_json::Value::String(s)) => {
+            crate::ecosystem::parse_min_uptime(s).map(|d| d.as_millis() as u64)
+        }
+        v => number(v),
+    };
+    let vars = env.env.as_ref();
+    let text = |k: &str| {
+        vars.and_then(|m| m.get(k)).and_then(|v| match v {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Bool(b) => Some(b.to_string()),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        })
+    };
+    let switches = vars
+        .map(|m| {
+            m.keys()
+                .filter_map(|k| {
+                    let v = text(k)?;
+                    let is_switch = matches!(
+                        v.trim().to_ascii_lowercase().as_str(),
+                        "true" | "false" | "1" | "0" | "yes" | "no" | "on" | "off"
+                    );
+                    is_switch.then(|| (k.clone(), v))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Running {
+        max_restarts: number(&env.max_restarts),
+        min_uptime_ms,
+        sentry_dsn: text("SENTRY_DSN").is_some_and(|v| !v.trim().is_empty()),
+        switches,
+    }
 }
 
 /// Parse `pm2 jlist` output; PM2 may print notices (e.g. "Spawning PM2 daemon") before the JSON.
@@ -97,6 +166,7 @@ pub fn parse_jlist(stdout: &str) -> Result<Vec<Instance>> {
     Ok(raw
         .into_iter()
         .map(|p| Instance {
+            running: running_of(&p.pm2_env),
             name: p.name,
             pm_id: p.pm_id,
             pid: p.pid.filter(|&pid| pid > 0),

@@ -280,7 +280,11 @@ async fn after_backup(
         // PM2's counters and pids after the reload are the baseline.
         (restart::reload(ctx, tools).await, Start::Existing)
     } else {
-        (restart::restart(ctx, tools).await, Start::Fresh)
+        // PM2's list from just before the trial is still what runs (a trial is another app).
+        (
+            restart::restart(ctx, tools, Some(running)).await,
+            Start::Fresh,
+        )
     };
     let mut offsets = crate::evidence::Offsets::new();
     let verdict = match restarted {

@@ -8,13 +8,14 @@ use serde::Serialize;
 use super::Done;
 use crate::clean::{self, Artifact};
 use crate::cli::HealthArgs;
-use crate::ecosystem;
+use crate::code::Code;
 use crate::exit::Happened;
-use crate::ops::{self, Ctx, inspect, restart};
+use crate::ops::status::{self, Assessment, Diagnosis, Observed};
+use crate::ops::{Ctx, Tools, restart};
 use crate::output::fmt_duration;
 use crate::pm2::Instance;
 use crate::probe::ProbeOutcome;
-use crate::resources;
+use crate::store::Listed;
 use crate::verdict::Verdict;
 use crate::verify::rules::Start;
 
@@ -56,7 +57,7 @@ struct HealthData<'a> {
     newest_incident: Option<&'a String>,
     healthy: bool,
     /// One word: healthy, degraded or down.
-    status: &'static str,
+    status: status::Word,
     /// Every instance online for at least min_uptime.
     stable: bool,
     /// PM2's restart counters, summed over the instances.
@@ -68,8 +69,16 @@ struct HealthData<'a> {
     /// At least `watch.loop_restarts` crash restarts in the window: unhealthy even if a
     /// probe answers.
     crash_looping: bool,
-    /// SENTRY_DSN set and SENTRY_ENABLED=true.
+    /// Sentry on for what runs: a DSN, and its enable flag true where the app has one.
     sentry_enabled: bool,
+    /// Settings the files change at the next deploy (they differ from what PM2 runs with).
+    pending: &'a [String],
+    /// The code in the app folder (commit or tree fingerprint).
+    code: Option<&'a Code>,
+    /// The newest incident whose snapshot holds that code.
+    code_incident: Option<&'a str>,
+    /// What is wrong, when something is: PM2 down or lost the app, or a failing release.
+    diagnosis: Option<&'a Diagnosis>,
     /// The fail-fast settings PM2 uses for the app (its defaults when unset).
     pm2_config: Pm2Config,
     /// A restorable incident exists.
@@ -88,7 +97,6 @@ struct Pm2Config {
 /// `guard health`.
 pub async fn run(ctx: &mut Ctx<'_>, args: &HealthArgs) -> Result<Done> {
     let tools = ctx.tools()?;
-    let (pm2, prober) = (&tools.pm2, &tools.prober);
     if args.wait {
         let cancel = ctx.cancel.clone();
         let v = restart::verify_step(ctx, &tools, Start::Existing, None, &cancel).await?;
@@ -101,41 +109,70 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &HealthArgs) -> Result<Done> {
         ctx.printer.set_data(&WaitData { verdict: v });
         return Ok(Done::new(happened, summary));
     }
-
-    let daemon = pm2.daemon_running();
-    let instances = if daemon {
-        pm2.instances().await?
+    let seen = status::gather(ctx, &tools).await?;
+    let judged = status::assess(&seen, ctx.settings.watch.loop_restarts);
+    render(ctx, &tools, &seen, &judged);
+    ctx.printer.set_data(&data(ctx, &tools, &seen, &judged));
+    let happened = if judged.healthy {
+        Happened::Done
     } else {
-        Vec::new()
+        Happened::CheckFailed
     };
-    let pids: Vec<u32> = instances.iter().filter_map(|i| i.pid).collect();
-    let (probe, usage) = tokio::join!(prober.probe(), resources::sample(&pids));
-    let artifacts = clean::find(&ctx.settings, clean::Scope::Artifacts)?;
-    let incidents = ctx.store.list().unwrap_or_default();
-    let now_ms = jiff::Timestamp::now().as_millisecond();
+    Ok(Done::new(happened, summary(ctx, &tools, &seen, &judged)))
+}
 
+fn uptime_ms(i: &Instance, now_ms: i64) -> Option<u64> {
+    i.started_at_ms
+        .filter(|_| i.status == "online")
+        .map(|s| u64::try_from(now_ms - s).unwrap_or(0))
+}
+
+fn age(listed: &Listed, now_ms: i64) -> Option<String> {
+    let m = listed.manifest.as_ref().ok()?;
+    let t = m.created_at.parse::<jiff::Timestamp>().ok()?;
+    Some(fmt_duration(Duration::from_millis(
+        u64::try_from(now_ms - t.as_millisecond()).unwrap_or(0),
+    )))
+}
+
+fn newest_restorable(seen: &Observed) -> Option<&Listed> {
+    seen.incidents.iter().find(|l| {
+        l.manifest
+            .as_ref()
+            .is_ok_and(|m| m.kind.restorable_as_latest())
+    })
+}
+
+/// The incident whose snapshot holds the code in the folder now, newest first.
+fn matching_incident(seen: &Observed) -> Option<&str> {
+    let code = seen.code.as_ref()?;
+    seen.incidents.iter().find_map(|l| {
+        let m = l.manifest.as_ref().ok()?;
+        m.fingerprint()
+            .filter(|f| f.same(code))
+            .map(|_| l.id.as_str())
+    })
+}
+
+/// The detail lines, then the incident report's status block.
+fn render(ctx: &Ctx<'_>, tools: &Tools, seen: &Observed, judged: &Assessment) {
     let p = &ctx.printer;
     p.line(format!(
         "app        {} (PM2_HOME {})",
         ctx.settings.app.name,
-        pm2.home().display()
+        tools.pm2.home().display()
     ));
-    if !daemon {
+    if !seen.daemon {
         p.line("pm2        daemon NOT running");
-    } else if instances.is_empty() {
+    } else if seen.instances.is_empty() {
         p.line("pm2        app NOT known to PM2");
     }
-    let mut inst_json = Vec::new();
-    for i in &instances {
+    for i in &seen.instances {
         let u = i
             .pid
-            .and_then(|pid| usage.get(&pid).copied())
+            .and_then(|pid| seen.usage.get(&pid).copied())
             .unwrap_or_default();
-        let uptime_ms = i
-            .started_at_ms
-            .filter(|_| i.status == "online")
-            .map(|s| u64::try_from(now_ms - s).unwrap_or(0));
-        let uptime = uptime_ms
+        let uptime = uptime_ms(i, seen.now_ms)
             .map(|u| fmt_duration(Duration::from_millis(u)))
             .unwrap_or_else(|| "-".into());
         p.line(format!(
@@ -146,142 +183,91 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &HealthArgs) -> Result<Done> {
             uptime,
             i.restarts,
             u.memory_bytes as f64 / 1_048_576.0,
-            u.cpu_percent
+            u.cpu_percent.max(0.0)
         ));
-        inst_json.push(InstanceData {
-            instance: i,
-            uptime_ms,
-            memory_bytes: u.memory_bytes,
-            cpu_percent: u.cpu_percent,
-        });
     }
     p.line(format!(
         "health     {} in {}ms ({})",
-        probe.outcome,
-        probe.latency.as_millis(),
-        prober.url()
+        seen.probe.outcome,
+        seen.probe.latency.as_millis(),
+        tools.prober.url()
     ));
-    p.line(if artifacts.is_empty() {
+    p.line(if seen.artifacts.is_empty() {
         "artifacts  clean".to_string()
     } else {
-        format!("artifacts  PRESENT: {}", clean::summary(&artifacts))
+        format!("artifacts  PRESENT: {}", clean::summary(&seen.artifacts))
     });
-    let newest = incidents.first().map(|l| {
-        let age = l
-            .manifest
-            .as_ref()
-            .ok()
-            .and_then(|m| m.created_at.parse::<jiff::Timestamp>().ok())
-            .map(|t| {
-                fmt_duration(Duration::from_millis(
-                    u64::try_from(now_ms - t.as_millisecond()).unwrap_or(0),
-                ))
-            });
-        (l.id.clone(), age)
-    });
-    p.line(match &newest {
-        Some((id, age)) => format!(
-            "backups    {} incident(s), newest {id} ({} ago)",
-            incidents.len(),
-            age.clone().unwrap_or_else(|| "?".into())
+    p.line(match seen.incidents.first() {
+        Some(l) => format!(
+            "backups    {} incident(s), newest {} ({} ago)",
+            seen.incidents.len(),
+            l.id,
+            age(l, seen.now_ms).unwrap_or_else(|| "?".into())
         ),
         None => "backups    none".to_string(),
     });
-
+    if let Some(code) = &seen.code {
+        p.line(format!(
+            "code       {}{}",
+            code.short(),
+            matching_incident(seen)
+                .map(|id| format!(" (as in incident {id})"))
+                .unwrap_or_default()
+        ));
+    }
     let window = ctx.settings.watch.loop_window;
-    let since = jiff::Timestamp::now()
-        .checked_sub(jiff::SignedDuration::try_from(window).unwrap_or_default())
-        .unwrap_or_default();
-    let recent = crate::pm2log::crashes_since(pm2.home(), &ctx.settings.app.name, since);
-    let crash_looping = recent.is_some_and(|n| n >= u64::from(ctx.settings.watch.loop_restarts));
-    let total: u64 = instances.iter().map(|i| i.restarts).sum();
+    let total: u64 = seen.instances.iter().map(|i| i.restarts).sum();
     p.line(format!(
         "restarts   {} crash restart(s) in the last {} (PM2's counter: {total}){}",
-        recent.map_or_else(|| "?".to_string(), |n| n.to_string()),
+        seen.recent_crashes
+            .map_or_else(|| "?".to_string(), |n| n.to_string()),
         fmt_duration(window),
-        if crash_looping { "  CRASH LOOP" } else { "" }
+        if judged.crash_looping {
+            "  CRASH LOOP"
+        } else {
+            ""
+        }
     ));
+    if !judged.pending.is_empty() {
+        p.line(format!(
+            "pending    the files say {}: takes effect at the next deploy",
+            judged.pending.join(", ")
+        ));
+    }
+    status_block(ctx, seen, judged);
+}
 
-    let online = !instances.is_empty() && instances.iter().all(|i| i.status == "online");
-    let healthy = online && probe.outcome.passed() && !crash_looping;
-
-    // The incident report's status block.
-    let eco = ops::ecosystem_path(ctx).ok();
-    let declared = match &eco {
-        Some(e) => ecosystem::check(e, &ctx.settings.app.name, pm2.install_root().as_deref())
-            .await
-            .ok()
-            .flatten(),
-        None => None,
-    };
-    inspect::learn_ecosystem_env(ctx, declared.as_ref());
-    let (dsn, flag) = inspect::sentry_state(ctx, declared.as_ref());
-    let sentry_on = dsn
-        && flag.as_ref().is_none_or(|(_, v)| {
-            v.as_deref()
-                .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
-        });
-    let max_restarts = declared
-        .as_ref()
-        .and_then(|d| d.max_restarts)
-        .unwrap_or(ecosystem::PM2_DEFAULT_MAX_RESTARTS);
-    let min_uptime = declared
-        .as_ref()
-        .and_then(|d| d.min_uptime.as_deref())
-        .and_then(ecosystem::parse_min_uptime)
-        .unwrap_or(ecosystem::PM2_DEFAULT_MIN_UPTIME);
-    let restorable = incidents.iter().find(|l| {
-        l.manifest
-            .as_ref()
-            .is_ok_and(|m| m.kind.restorable_as_latest())
-    });
-    let restorable_age = restorable.and_then(|l| {
-        let m = l.manifest.as_ref().ok()?;
-        let t = m.created_at.parse::<jiff::Timestamp>().ok()?;
-        Some(fmt_duration(Duration::from_millis(
-            u64::try_from(now_ms - t.as_millisecond()).unwrap_or(0),
-        )))
-    });
-    let stable = !instances.is_empty()
-        && instances.iter().all(|i| {
-            i.status == "online"
-                && i.started_at_ms.is_some_and(|s| {
-                    now_ms - s >= i64::try_from(min_uptime.as_millis()).unwrap_or(0)
-                })
-        });
-    let restarts: u64 = instances.iter().map(|i| i.restarts).sum();
-    let memory: u64 = usage.values().map(|u| u.memory_bytes).sum();
-    let cpu: f32 = usage.values().map(|u| u.cpu_percent).sum();
-    let word = if healthy {
-        "healthy"
-    } else if instances.iter().any(|i| i.status == "online") || probe.outcome.passed() {
-        "degraded"
-    } else {
-        "down"
-    };
+/// The incident report's own status block.
+fn status_block(ctx: &Ctx<'_>, seen: &Observed, judged: &Assessment) {
     let p = &ctx.printer;
     p.line("");
     p.line(format!(
-        "Status: {}   Uptime: {}   Restarts: {restarts}   Memory: ~{}mb   CPU: {:.0}%",
-        instances
+        "Status: {}   Uptime: {}   Restarts: {}   Memory: ~{}mb   CPU: {:.0}%",
+        seen.instances
             .first()
             .map(|i| i.status.as_str())
             .unwrap_or("not running"),
-        if stable { "stable" } else { "NOT stable" },
-        memory / 1_048_576,
-        cpu
+        if judged.stable {
+            "stable"
+        } else {
+            "NOT stable"
+        },
+        judged.restarts,
+        judged.memory_bytes / 1_048_576,
+        judged.cpu_percent
     ));
     p.line(format!(
-        "Health: {}   Sentry: {}   PM2 config: max_restarts={max_restarts}, min_uptime={}",
-        probe.outcome,
-        if sentry_on {
+        "Health: {}   Sentry: {}   PM2 config: max_restarts={}, min_uptime={}",
+        seen.probe.outcome,
+        if judged.sentry_enabled {
             "enabled"
-        } else if dsn {
+        } else if judged.sentry_configured {
             "NOT enabled"
         } else {
             "not configured"
         },
-        humantime::format_duration(min_uptime)
+        judged.max_restarts,
+        humantime::format_duration(judged.min_uptime)
     ));
     let paths: Vec<String> = ctx
         .settings
@@ -291,93 +277,118 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &HealthArgs) -> Result<Done> {
         .filter(|_| ctx.settings.clean.after_deploy)
         .map(|p| format!("no {}/", p.display()))
         .collect();
+    let restorable = newest_restorable(seen);
     p.line(format!(
         "Artifacts: {}   Backups: {}",
-        if artifacts.is_empty() {
-            if paths.is_empty() {
-                "clean".to_string()
-            } else {
-                format!("clean ({})", paths.join(", "))
-            }
-        } else {
-            format!("PRESENT ({})", clean::summary(&artifacts))
+        match (seen.artifacts.is_empty(), paths.is_empty()) {
+            (true, true) => "clean".to_string(),
+            (true, false) => format!("clean ({})", paths.join(", ")),
+            (false, _) => format!("PRESENT ({})", clean::summary(&seen.artifacts)),
         },
-        match (restorable, &restorable_age) {
-            (Some(l), Some(age)) => format!("ready (newest {}, {age} ago)", l.id),
-            (Some(l), None) => format!("ready (newest {})", l.id),
-            (None, _) => "NONE".to_string(),
+        match restorable.map(|l| (l, age(l, seen.now_ms))) {
+            Some((l, Some(age))) => format!("ready (newest {}, {age} ago)", l.id),
+            Some((l, None)) => format!("ready (newest {})", l.id),
+            None => "NONE".to_string(),
         }
     ));
-    p.line(format!("Overall: {}", word.to_uppercase()));
+    p.line(format!(
+        "Overall: {}",
+        match judged.status {
+            status::Word::Healthy => "HEALTHY",
+            status::Word::Degraded => "DEGRADED",
+            status::Word::Down => "DOWN",
+        }
+    ));
+}
 
-    ctx.printer.set_data(&HealthData {
-        pm2_daemon_running: daemon,
-        instances: inst_json,
+/// The `--json` data.
+fn data<'a>(
+    ctx: &Ctx<'_>,
+    tools: &Tools,
+    seen: &'a Observed,
+    judged: &'a Assessment,
+) -> HealthData<'a> {
+    let restorable = newest_restorable(seen);
+    HealthData {
+        pm2_daemon_running: seen.daemon,
+        instances: seen
+            .instances
+            .iter()
+            .map(|i| {
+                let u = i
+                    .pid
+                    .and_then(|pid| seen.usage.get(&pid).copied())
+                    .unwrap_or_default();
+                InstanceData {
+                    instance: i,
+                    uptime_ms: uptime_ms(i, seen.now_ms),
+                    memory_bytes: u.memory_bytes,
+                    cpu_percent: u.cpu_percent.max(0.0),
+                }
+            })
+            .collect(),
         health: HealthProbe {
-            url: prober.url().to_string(),
-            outcome: &probe.outcome,
-            status: probe.outcome.status(),
-            passed: probe.outcome.passed(),
-            latency_ms: crate::verdict::ms(probe.latency),
+            url: tools.prober.url().to_string(),
+            outcome: &seen.probe.outcome,
+            status: seen.probe.outcome.status(),
+            passed: seen.probe.outcome.passed(),
+            latency_ms: crate::verdict::ms(seen.probe.latency),
         },
-        artifacts: &artifacts,
-        incidents: incidents.len(),
-        newest_incident: newest.as_ref().map(|(id, _)| id),
-        healthy,
-        status: word,
-        stable,
-        restarts,
-        restarts_recent: recent,
-        restarts_window_ms: crate::verdict::ms(window),
-        crash_looping,
-        sentry_enabled: sentry_on,
+        artifacts: &seen.artifacts,
+        incidents: seen.incidents.len(),
+        newest_incident: seen.incidents.first().map(|l| &l.id),
+        healthy: judged.healthy,
+        status: judged.status,
+        stable: judged.stable,
+        restarts: judged.restarts,
+        restarts_recent: seen.recent_crashes,
+        restarts_window_ms: crate::verdict::ms(ctx.settings.watch.loop_window),
+        crash_looping: judged.crash_looping,
+        sentry_enabled: judged.sentry_enabled,
         pm2_config: Pm2Config {
-            max_restarts,
-            min_uptime_ms: crate::verdict::ms(min_uptime),
+            max_restarts: judged.max_restarts,
+            min_uptime_ms: crate::verdict::ms(judged.min_uptime),
         },
+        pending: &judged.pending,
+        code: seen.code.as_ref(),
+        code_incident: matching_incident(seen),
+        diagnosis: judged.diagnosis.as_ref(),
         backups_ready: restorable.is_some(),
         newest_restorable: restorable.map(|l| l.id.as_str()),
-    });
-    let summary = if crash_looping {
-        format!(
-            "crash loop: {} restarts in the last {} (PM2 status {}); {}",
-            recent.unwrap_or_default(),
-            fmt_duration(window),
-            instances
-                .iter()
-                .map(|i| i.status.as_str())
-                .collect::<Vec<_>>()
-                .join(","),
-            probe.outcome
-        )
-    } else if healthy {
-        format!("{} instance(s) online, {}", instances.len(), probe.outcome)
-    } else if !daemon {
-        format!(
-            "PM2 daemon not running (PM2_HOME {}); {}",
-            pm2.home().display(),
-            probe.outcome
-        )
-    } else if instances.is_empty() {
-        format!(
-            "app {} is not known to PM2; {}",
-            ctx.settings.app.name, probe.outcome
-        )
-    } else {
-        let states: Vec<&str> = instances.iter().map(|i| i.status.as_str()).collect();
-        format!("PM2 status {}; {}", states.join(","), probe.outcome)
+    }
+}
+
+/// The one line: healthy or not, and why, with what to do when PM2 itself is the problem.
+fn summary(ctx: &Ctx<'_>, tools: &Tools, seen: &Observed, judged: &Assessment) -> String {
+    let probe = &seen.probe.outcome;
+    let states = || {
+        seen.instances
+            .iter()
+            .map(|i| i.status.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
     };
-    let happened = if healthy {
-        Happened::Done
+    let what = if judged.crash_looping {
+        format!(
+            "crash loop: {} restarts in the last {} (PM2 status {}); {probe}",
+            seen.recent_crashes.unwrap_or_default(),
+            fmt_duration(ctx.settings.watch.loop_window),
+            states()
+        )
+    } else if judged.healthy {
+        format!("{} instance(s) online, {probe}", seen.instances.len())
+    } else if !seen.daemon {
+        format!(
+            "PM2 daemon not running (PM2_HOME {}); {probe}",
+            tools.pm2.home().display()
+        )
+    } else if seen.instances.is_empty() {
+        format!("app {} is not known to PM2; {probe}", ctx.settings.app.name)
     } else {
-        Happened::CheckFailed
+        format!("PM2 status {}; {probe}", states())
     };
-    Ok(Done::new(
-        happened,
-        if healthy {
-            format!("healthy: {summary}")
-        } else {
-            format!("NOT healthy: {summary}")
-        },
-    ))
+    match &judged.diagnosis {
+        None => format!("healthy: {what}"),
+        Some(d) => format!("NOT healthy: {what}; {}", d.advice()),
+    }
 }

@@ -6,6 +6,7 @@ pub mod inspect;
 pub mod restart;
 pub mod restore;
 pub mod snapshot;
+pub mod status;
 pub mod trial;
 
 use crate::code::Code;

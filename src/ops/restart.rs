@@ -15,8 +15,13 @@ use crate::verify::rules::{Rules, Start};
 
 /// `pm2 delete` + `pm2 start` from the ecosystem, as a step. Returns where the PM2 logs
 /// ended before it (evidence is what comes after); Err is the verdict to report when PM2
-/// could not even start it.
-pub async fn restart(ctx: &mut Ctx<'_>, tools: &Tools) -> Result<Offsets, Verdict> {
+/// could not even start it. `running`: the app's instances if the caller just asked PM2 (a
+/// pm2 call saved), else they are asked for here.
+pub async fn restart(
+    ctx: &mut Ctx<'_>,
+    tools: &Tools,
+    running: Option<Vec<crate::pm2::Instance>>,
+) -> Result<Offsets, Verdict> {
     let t = Instant::now();
     let failed = |e: anyhow::Error, ctx: &mut Ctx<'_>| {
         ctx.printer
@@ -32,9 +37,12 @@ pub async fn restart(ctx: &mut Ctx<'_>, tools: &Tools) -> Result<Offsets, Verdic
         Ok(e) => e,
         Err(e) => return Err(failed(e, ctx)),
     };
-    let before = match tools.pm2.instances().await {
-        Ok(b) => b,
-        Err(e) => return Err(failed(e, ctx)),
+    let before = match running {
+        Some(b) => b,
+        None => match tools.pm2.instances().await {
+            Ok(b) => b,
+            Err(e) => return Err(failed(e, ctx)),
+        },
     };
     let offsets = evidence::offsets(tools.pm2.home(), &before);
     match tools.pm2.restart(&ecosystem, !before.is_empty()).await {

@@ -215,7 +215,7 @@ pub async fn restore_and_restart(
     // The restored files go to disk while the app starts and is verified, not before.
     let dir = ctx.settings.app.dir.clone();
     let flush = tokio::task::spawn_blocking(move || tree::sync_fs(&dir));
-    let offsets = match restart::restart(ctx, tools).await {
+    let offsets = match restart::restart(ctx, tools, None).await {
         Ok(o) => o,
         Err(v) => {
             let _ = flush.await;

@@ -451,6 +451,7 @@ mod tests {
             exec_path: None,
             exec_mode: None,
             created_at_ms: None,
+            running: Default::default(),
         }
     }
 

@@ -216,3 +216,35 @@ fn init_writes_a_config_that_passes_check_and_deploys_and_never_overwrites() {
             .contains("stable_for = \"1s\"")
     );
 }
+
+#[test]
+fn health_shows_what_runs_and_what_the_files_change_at_the_next_deploy() {
+    let app = App::new();
+    app.start_v1();
+    let id = app.backup_id();
+    // Edited, not deployed: PM2 still runs with max_restarts 3.
+    let eco = app
+        .read("ecosystem.config.js")
+        .replace("max_restarts: 3", "max_restarts: 10");
+    std::fs::write(app.dir.join("ecosystem.config.js"), eco).unwrap();
+    let run = app.guard(&["--json", "health"]);
+    run.expect(0);
+    let d = &run.json()["data"];
+    assert_eq!(d["pm2_config"]["max_restarts"], 3.0, "{d}");
+    assert_eq!(d["pending"], serde_json::json!(["max_restarts=10"]), "{d}");
+    assert_eq!(d["code"].as_str().map(str::len), Some(40), "{d}");
+    assert_eq!(d["code_incident"], id.as_str(), "{d}");
+    let text = app.guard(&["health"]);
+    assert!(
+        text.stdout.contains("takes effect at the next deploy")
+            && text.stdout.contains("max_restarts=3,"),
+        "{}",
+        text.stdout
+    );
+    // PM2 lost the app (its daemon restarted without `pm2 resurrect`): said so, with what to do.
+    assert!(app.pm2(&["kill"]).status.success());
+    assert!(app.pm2(&["ping"]).status.success());
+    let lost = app.guard(&["health"]);
+    lost.expect(1);
+    assert!(lost.stdout.contains("pm2 resurrect"), "{}", lost.stdout);
+}

@@ -332,7 +332,14 @@ fn a_deploy_after_pm2_lost_its_list_never_saves_a_list_without_the_other_apps() 
 fn a_deploy_step_that_leaves_a_background_child_holding_its_output_does_not_hold_guard() {
     let app = App::new();
     app.start_v1();
-    let run = app.guard(&["--json", "deploy", "--", "sh", "-c", "echo pulled; sleep 25 &"]);
+    let run = app.guard(&[
+        "--json",
+        "deploy",
+        "--",
+        "sh",
+        "-c",
+        "echo pulled; sleep 25 &",
+    ]);
     run.expect(0);
     assert!(
         run.took < std::time::Duration::from_secs(20),
@@ -347,5 +354,8 @@ fn a_deploy_step_that_leaves_a_background_child_holding_its_output_does_not_hold
         .find(|s| s["name"] == "deploy step")
         .unwrap();
     assert_eq!(step["state"], "warn", "{step}");
-    assert!(step["detail"].as_str().unwrap().contains("(sleep)"), "{step}");
+    assert!(
+        step["detail"].as_str().unwrap().contains("(sleep)"),
+        "{step}"
+    );
 }
