@@ -53,6 +53,25 @@ impl fmt::Display for ExitStatus {
     }
 }
 
+/// How a command ended: what happened (which decides the exit code) and one line for the
+/// operator.
+pub struct Done {
+    /// What happened.
+    pub happened: Happened,
+    /// One line for the operator.
+    pub summary: String,
+}
+
+impl Done {
+    /// Shorthand.
+    pub fn new(happened: Happened, summary: impl Into<String>) -> Done {
+        Done {
+            happened,
+            summary: summary.into(),
+        }
+    }
+}
+
 /// What happened in a run, as far as the exit code cares. Commands report one of these and
 /// [`decide`] turns it into the code; no command picks a number itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

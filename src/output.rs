@@ -20,6 +20,76 @@ pub enum Mode {
     Quiet,
 }
 
+/// Which step a line is about: one name per step, as shown and as `steps[].name` in JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepName {
+    /// `guard check`'s rules, run before a deploy changes anything.
+    Check,
+    /// Taking the app's lock (a take-over of a dead run's lock is said here).
+    Lock,
+    /// What `rollback latest` passed over.
+    Latest,
+    /// The incident a rollback restores, checked before anything changes.
+    Incident,
+    /// Taking a snapshot.
+    Backup,
+    /// Removing artifacts before the deploy step.
+    Clean,
+    /// Removing artifacts after the deploy step.
+    CleanAgain,
+    /// The deploy step.
+    DeployStep,
+    /// Loading the release's ecosystem and checking what it names.
+    Ecosystem,
+    /// The trial of a release on a spare port.
+    Preflight,
+    /// PM2's rolling reload.
+    Reload,
+    /// pm2 delete + start.
+    Restart,
+    /// The verification of what was started.
+    Verify,
+    /// `pm2 save`.
+    Pm2Save,
+    /// One look at an app guard left running (not restarted).
+    Running,
+    /// Putting an incident's files back.
+    Restore,
+    /// A rollback that stopped on an error.
+    Rollback,
+    /// Sending an outcome to the alert destinations.
+    Alert,
+    /// A deploy that stopped on an error after its snapshot.
+    Deploy,
+}
+
+impl StepName {
+    /// The name shown and recorded.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepName::Check => "check",
+            StepName::Lock => "lock",
+            StepName::Latest => "latest",
+            StepName::Incident => "incident",
+            StepName::Backup => "backup",
+            StepName::Clean => "clean",
+            StepName::CleanAgain => "clean again",
+            StepName::DeployStep => "deploy step",
+            StepName::Ecosystem => "ecosystem",
+            StepName::Preflight => "preflight",
+            StepName::Reload => "reload",
+            StepName::Restart => "restart",
+            StepName::Verify => "verify",
+            StepName::Pm2Save => "pm2 save",
+            StepName::Running => "running",
+            StepName::Restore => "restore",
+            StepName::Rollback => "rollback",
+            StepName::Alert => "alert",
+            StepName::Deploy => "deploy",
+        }
+    }
+}
+
 /// The state of a finished step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -181,7 +251,8 @@ impl Printer {
     /// Where a long wait stands (a verification): on a terminal one line rewritten in place
     /// every second, off a terminal (ssh without a tty, a log) a line every 5 s, so a quiet
     /// stability window never looks like a hang; nothing with `-q` or `--json`.
-    pub fn progress(&self, step: &str, text: &str) {
+    pub fn progress(&self, step: StepName, text: &str) {
+        let step = step.as_str();
         if self.mode != Mode::Human {
             return;
         }
@@ -226,7 +297,14 @@ impl Printer {
     }
 
     /// Record and show a finished step.
-    pub fn step(&mut self, name: &str, state: StepState, took: Duration, detail: impl AsRef<str>) {
+    pub fn step(
+        &mut self,
+        step: StepName,
+        state: StepState,
+        took: Duration,
+        detail: impl AsRef<str>,
+    ) {
+        let name = step.as_str();
         // One line per step: a multi-line cause (a command's last output lines) is joined.
         let detail = sanitize(&self.redactor.redact(detail.as_ref()).replace('\n', " | "));
         self.clear_live();

@@ -10,7 +10,7 @@ use crate::clean::{self, Artifact};
 use crate::cli::CleanArgs;
 use crate::exit::Happened;
 use crate::ops::{self, Ctx};
-use crate::output::StepState;
+use crate::output::{StepName, StepState};
 
 /// `--json` data of `guard clean`.
 #[derive(Serialize)]
@@ -25,13 +25,13 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &CleanArgs) -> Result<Done> {
     ctx.printer.set_data(&CleanData { artifacts: &found });
     if found.is_empty() {
         ctx.printer
-            .step("clean", StepState::Ok, t.elapsed(), "no artifacts");
+            .step(StepName::Clean, StepState::Ok, t.elapsed(), "no artifacts");
         return Ok(Done::new(Happened::Done, "clean"));
     }
     let list = clean::summary(&found);
     if args.check {
         ctx.printer.step(
-            "clean",
+            StepName::Clean,
             StepState::Failed,
             t.elapsed(),
             format!("artifacts found: {list}"),
@@ -46,7 +46,7 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &CleanArgs) -> Result<Done> {
     }
     if args.dry_run {
         ctx.printer.step(
-            "clean",
+            StepName::Clean,
             StepState::Ok,
             t.elapsed(),
             format!("would remove: {list}"),
@@ -58,6 +58,6 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &CleanArgs) -> Result<Done> {
     }
     let mut lock = ops::lock(ctx).await?;
     ops::changing(&mut lock, None);
-    ops::clean_step(ctx, "clean", clean::Scope::Artifacts)?;
+    ops::clean_step(ctx, StepName::Clean, clean::Scope::Artifacts)?;
     Ok(Done::new(Happened::Done, format!("removed {list}")))
 }

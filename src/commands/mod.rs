@@ -14,7 +14,7 @@ pub mod watch;
 
 use crate::audit;
 use crate::cli::{Cli, Command};
-use crate::exit::{ExitStatus, Happened, decide, status_of};
+use crate::exit::{ExitStatus, decide, status_of};
 use crate::ops::{self, Ctx};
 use crate::origin::Origin;
 use crate::output::Printer;
@@ -23,24 +23,7 @@ use crate::settings::Settings;
 use crate::signals::Cancel;
 use crate::store::Store;
 
-/// How a command ended: what happened (which decides the exit code) and one line for the
-/// operator.
-pub struct Done {
-    /// What happened.
-    pub happened: Happened,
-    /// One line for the operator.
-    pub summary: String,
-}
-
-impl Done {
-    /// Shorthand.
-    pub fn new(happened: Happened, summary: impl Into<String>) -> Done {
-        Done {
-            happened,
-            summary: summary.into(),
-        }
-    }
-}
+pub use crate::exit::Done;
 
 fn changes_things(cmd: &Command) -> bool {
     match cmd {

@@ -11,7 +11,7 @@ use super::Done;
 use crate::cli::RollbackArgs;
 use crate::exit::Happened;
 use crate::ops::{self, Ctx, restart, restore, snapshot};
-use crate::output::StepState;
+use crate::output::{StepName, StepState};
 use crate::store::{self, Kind};
 use crate::verdict::Verdict;
 
@@ -67,7 +67,7 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &RollbackArgs) -> Result<Done> {
     let id = target.manifest.id.clone();
     for (bad, why) in &skipped {
         ctx.printer.step(
-            "latest",
+            StepName::Latest,
             StepState::Warn,
             Duration::ZERO,
             format!("passed over incident {bad}: {why}"),
@@ -81,7 +81,7 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &RollbackArgs) -> Result<Done> {
         ""
     };
     ctx.printer.step(
-        "check",
+        StepName::Incident,
         StepState::Ok,
         t.elapsed(),
         format!(
@@ -102,7 +102,7 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &RollbackArgs) -> Result<Done> {
     // The rollback target is never pruned by the snapshot's retention.
     let before = if args.no_snapshot {
         ctx.printer.step(
-            "backup",
+            StepName::Backup,
             StepState::Warn,
             Duration::ZERO,
             "skipped (--no-snapshot): this rollback cannot be undone",
@@ -157,7 +157,7 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &RollbackArgs) -> Result<Done> {
         }
         Err(e) => {
             ctx.printer.step(
-                "rollback",
+                StepName::Rollback,
                 StepState::Failed,
                 Duration::ZERO,
                 format!("{e:#}"),

@@ -2,6 +2,7 @@
 //! ignore rules, PM2's saved list, file modes, free disk) and judging it with the rules in
 //! `checks`. Changes nothing.
 
+use crate::output::StepName;
 use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -447,14 +448,14 @@ pub async fn deploy_gate(ctx: &mut Ctx<'_>, tools: &Tools) -> anyhow::Result<()>
         .collect();
     if warns.is_empty() {
         ctx.printer.step(
-            "check",
+            StepName::Check,
             crate::output::StepState::Ok,
             t.elapsed(),
             format!("{} checks passed", found.checks.len()),
         );
     } else {
         ctx.printer.step(
-            "check",
+            StepName::Check,
             crate::output::StepState::Warn,
             t.elapsed(),
             format!("{} warning(s), see `guard check`", warns.len()),

@@ -2,6 +2,7 @@
 //! verify, save, record, clean), each printed as one step line. Commands only sequence these;
 //! no command module imports another.
 
+pub mod deploy;
 pub mod inspect;
 pub mod restart;
 pub mod restore;
@@ -20,7 +21,7 @@ use crate::exit::{ExitStatus, usage};
 use crate::git::Git;
 use crate::lock::Lock;
 use crate::origin::Origin;
-use crate::output::{Printer, StepState};
+use crate::output::{Printer, StepName, StepState};
 use crate::pm2::Pm2;
 use crate::probe::Prober;
 use crate::settings::Settings;
@@ -82,7 +83,7 @@ pub async fn lock(ctx: &mut Ctx<'_>) -> Result<Lock> {
             (None, _) => "it had not changed the app yet".to_string(),
         };
         ctx.printer.step(
-            "lock",
+            StepName::Lock,
             StepState::Warn,
             t.elapsed(),
             format!(
@@ -93,7 +94,7 @@ pub async fn lock(ctx: &mut Ctx<'_>) -> Result<Lock> {
     }
     if let Some(pgid) = lock.stopped_orphan {
         ctx.printer.step(
-            "lock",
+            StepName::Lock,
             StepState::Warn,
             t.elapsed(),
             format!("stopped the dead run's deploy step, still running (process group {pgid})"),
@@ -106,7 +107,7 @@ pub async fn lock(ctx: &mut Ctx<'_>) -> Result<Lock> {
             let stale = dir.join("index.lock");
             if stale.exists() && std::fs::remove_file(&stale).is_ok() {
                 ctx.printer.step(
-                    "lock",
+                    StepName::Lock,
                     StepState::Warn,
                     t.elapsed(),
                     format!("removed {} left by the stopped step's git", stale.display()),
@@ -142,7 +143,11 @@ pub fn check_files(ctx: &Ctx<'_>) -> Result<()> {
 }
 
 /// The clean step: remove what the rules of `scope` match and say so.
-pub fn clean_step(ctx: &mut Ctx<'_>, name: &str, scope: clean::Scope) -> Result<()> {
+pub fn clean_step(
+    ctx: &mut Ctx<'_>,
+    name: crate::output::StepName,
+    scope: clean::Scope,
+) -> Result<()> {
     let t = Instant::now();
     let found = clean::find(&ctx.settings, scope)?;
     if found.is_empty() {
@@ -348,7 +353,7 @@ pub async fn alert_outcome(ctx: &mut Ctx<'_>, status: ExitStatus, summary: &str)
         Ok(a) => a,
         Err(e) => {
             ctx.printer.step(
-                "alert",
+                StepName::Alert,
                 StepState::Warn,
                 t.elapsed(),
                 format!("not sent: {e:#}"),
@@ -375,14 +380,14 @@ pub async fn alert_outcome(ctx: &mut Ctx<'_>, status: ExitStatus, summary: &str)
     let names = alerter.names().join(", ");
     if failed.is_empty() {
         ctx.printer.step(
-            "alert",
+            StepName::Alert,
             StepState::Ok,
             t.elapsed(),
             format!("{event} sent to {names}"),
         );
     } else {
         ctx.printer.step(
-            "alert",
+            StepName::Alert,
             StepState::Warn,
             t.elapsed(),
             format!("{event} NOT delivered: {}", failed.join("; ")),

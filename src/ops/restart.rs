@@ -7,7 +7,7 @@ use anyhow::Result;
 
 use super::{Ctx, Tools};
 use crate::evidence::{self, Offsets};
-use crate::output::StepState;
+use crate::output::{StepName, StepState};
 use crate::signals::Cancel;
 use crate::verdict::{Reason, Verdict};
 use crate::verify;
@@ -24,8 +24,12 @@ pub async fn restart(
 ) -> Result<Offsets, Verdict> {
     let t = Instant::now();
     let failed = |e: anyhow::Error, ctx: &mut Ctx<'_>| {
-        ctx.printer
-            .step("restart", StepState::Failed, t.elapsed(), format!("{e:#}"));
+        ctx.printer.step(
+            StepName::Restart,
+            StepState::Failed,
+            t.elapsed(),
+            format!("{e:#}"),
+        );
         Verdict::new(
             Reason::RestartFailed {
                 error: format!("{e:#}"),
@@ -53,7 +57,7 @@ pub async fn restart(
                 "pm2 delete + start"
             };
             ctx.printer.step(
-                "restart",
+                StepName::Restart,
                 StepState::Ok,
                 t.elapsed(),
                 format!("{how} {}", ctx.settings.app.name),
@@ -117,8 +121,12 @@ pub fn reload_blocker(
 pub async fn reload(ctx: &mut Ctx<'_>, tools: &Tools) -> Result<Offsets, Verdict> {
     let t = Instant::now();
     let failed = |e: anyhow::Error, ctx: &mut Ctx<'_>| {
-        ctx.printer
-            .step("reload", StepState::Failed, t.elapsed(), format!("{e:#}"));
+        ctx.printer.step(
+            StepName::Reload,
+            StepState::Failed,
+            t.elapsed(),
+            format!("{e:#}"),
+        );
         Verdict::new(
             Reason::RestartFailed {
                 error: format!("{e:#}"),
@@ -135,7 +143,7 @@ pub async fn reload(ctx: &mut Ctx<'_>, tools: &Tools) -> Result<Offsets, Verdict
     match tools.pm2.reload(&ecosystem).await {
         Ok(()) => {
             ctx.printer.step(
-                "reload",
+                StepName::Reload,
                 StepState::Ok,
                 t.elapsed(),
                 format!(
@@ -177,7 +185,7 @@ pub async fn verify_step(
         ctx.settings.health.interval,
         since,
         cancel,
-        &mut |p| printer.progress("verify", &p.to_string()),
+        &mut |p| printer.progress(StepName::Verify, &p.to_string()),
     )
     .await?;
     print_verdict(ctx, &verdict);
@@ -192,7 +200,7 @@ pub fn print_verdict(ctx: &mut Ctx<'_>, verdict: &Verdict) {
         StepState::Failed
     };
     ctx.printer
-        .step("verify", state, verdict.elapsed(), &verdict.message);
+        .step(StepName::Verify, state, verdict.elapsed(), &verdict.message);
 }
 
 /// The apps of the saved list that a `pm2 save` now would drop (PM2 does not run them:
@@ -222,7 +230,7 @@ pub async fn save_step(ctx: &mut Ctx<'_>, tools: &Tools) {
             Ok(list) => list.into_iter().map(|i| i.name).collect(),
             Err(e) => {
                 ctx.printer.step(
-                    "pm2 save",
+                    StepName::Pm2Save,
                     StepState::Warn,
                     t.elapsed(),
                     format!(
@@ -235,7 +243,7 @@ pub async fn save_step(ctx: &mut Ctx<'_>, tools: &Tools) {
         let lost = lost_by_save(&saved, &running);
         if !lost.is_empty() {
             ctx.printer.step(
-                "pm2 save",
+                StepName::Pm2Save,
                 StepState::Warn,
                 t.elapsed(),
                 format!(
@@ -248,14 +256,17 @@ pub async fn save_step(ctx: &mut Ctx<'_>, tools: &Tools) {
     }
     match tools.pm2.save().await {
         Ok(()) => ctx.printer.step(
-            "pm2 save",
+            StepName::Pm2Save,
             StepState::Ok,
             t.elapsed(),
             "process list saved for reboots",
         ),
-        Err(e) => ctx
-            .printer
-            .step("pm2 save", StepState::Warn, t.elapsed(), format!("{e:#}")),
+        Err(e) => ctx.printer.step(
+            StepName::Pm2Save,
+            StepState::Warn,
+            t.elapsed(),
+            format!("{e:#}"),
+        ),
     }
 }
 
@@ -273,7 +284,7 @@ pub async fn check_running(ctx: &mut Ctx<'_>, tools: &Tools) -> bool {
         probe.outcome
     );
     ctx.printer.step(
-        "check",
+        StepName::Running,
         if healthy {
             StepState::Ok
         } else {

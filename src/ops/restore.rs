@@ -11,7 +11,7 @@ use super::{Ctx, Tools, restart};
 use crate::atomic;
 use crate::exit::usage;
 use crate::git::Git;
-use crate::output::StepState;
+use crate::output::{StepName, StepState};
 use crate::redact::{Redactor, is_env_file};
 use crate::store::{Part, Verified, tree};
 use crate::verdict::{Reason, Verdict};
@@ -190,7 +190,7 @@ pub async fn put_back(ctx: &mut Ctx<'_>, target: &Verified) -> Result<Restored> 
         }
     }
     ctx.printer.step(
-        "restore",
+        StepName::Restore,
         StepState::Ok,
         t.elapsed(),
         format!("incident {}: {}", target.manifest.id, said.join(", ")),
@@ -232,7 +232,7 @@ pub async fn restore_and_restart(
         ctx.settings.health.interval,
         Some(&offsets),
         &never,
-        &mut |p| printer.progress("verify", &p.to_string()),
+        &mut |p| printer.progress(StepName::Verify, &p.to_string()),
     )
     .await?;
     let _ = flush.await;

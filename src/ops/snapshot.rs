@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 
 use super::{Ctx, Tools};
 use crate::git::Git;
-use crate::output::StepState;
+use crate::output::{StepName, StepState};
 use crate::store::manifest::{FileEntry, PM2_DUMP, TREE_INDEX, human_bytes};
 use crate::store::{Kind, Meta, Part, ProcessEntry, tree};
 
@@ -141,7 +141,7 @@ pub async fn take(
         detail.push_str(&format!(", pruned {} old", pruned.len()));
     }
     ctx.printer
-        .step("backup", StepState::Ok, t.elapsed(), detail);
+        .step(StepName::Backup, StepState::Ok, t.elapsed(), detail);
     ctx.printer.set_incident(&id);
     let fingerprint = Some(commit.map_or_else(|| Code::tree(&sha256), Code::commit));
     Ok(Taken { id, fingerprint })

@@ -15,7 +15,7 @@ use anyhow::{Context, Result};
 
 use super::{Ctx, Tools};
 use crate::evidence;
-use crate::output::StepState;
+use crate::output::{StepName, StepState};
 use crate::pm2::Pm2;
 use crate::probe::Prober;
 use crate::runner;
@@ -132,7 +132,7 @@ pub async fn delete_leftover(ctx: &mut Ctx<'_>, tools: &Tools) {
             ),
         };
         ctx.printer
-            .step("preflight", StepState::Warn, t.elapsed(), detail);
+            .step(StepName::Preflight, StepState::Warn, t.elapsed(), detail);
     }
     // The loader folders of trials whose run was killed (-9) with them: this app's only
     // (backup.dir may be shared), and no trial of this app runs while its lock is held.
@@ -208,7 +208,7 @@ pub async fn run(ctx: &mut Ctx<'_>, tools: &Tools, ecosystem: &Path, id: &str) -
                 ctx.settings.health.interval,
                 Some(&offsets),
                 &cancel,
-                &mut |p| printer.progress("preflight", &p.to_string()),
+                &mut |p| printer.progress(StepName::Preflight, &p.to_string()),
             )
             .await?
         }
@@ -225,7 +225,7 @@ pub async fn run(ctx: &mut Ctx<'_>, tools: &Tools, ecosystem: &Path, id: &str) -
         StepState::Failed
     };
     ctx.printer.step(
-        "preflight",
+        StepName::Preflight,
         state,
         t.elapsed(),
         format!(

@@ -11,22 +11,23 @@ fn first_deploy_starts_the_app_and_a_good_release_replaces_it() {
     assert_eq!(app.version().as_deref(), Some("v1"));
 
     app.release("v2", "good");
-    let run = app.guard(&["deploy"]);
+    let run = app.guard(&["--json", "deploy"]);
     run.expect(0);
     assert_eq!(app.version().as_deref(), Some("v2"));
+    let doc = run.json();
     assert!(
-        run.stdout
-            .contains("success: deployed and verified healthy"),
-        "{}",
-        run.stdout
+        doc["reason"]
+            .as_str()
+            .unwrap()
+            .contains("deployed and verified healthy"),
+        "{doc}"
     );
     // Check first, back up before anything changes; clean before and after the deploy step.
-    let steps: Vec<&str> = run
-        .stdout
-        .lines()
-        .filter(|l| ["ok ", "warn", "FAIL"].iter().any(|w| l.starts_with(w)))
-        .filter_map(|l| l.get(6..18))
-        .map(str::trim)
+    let steps: Vec<&str> = doc["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
         .collect();
     assert_eq!(
         steps[..9],
