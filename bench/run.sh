@@ -6,6 +6,12 @@
 #                           vs `cp -a` and Capistrano-style release folders
 #   bench/run.sh strategies restart vs preflight vs reload: failed requests of a 50 ms poller
 #                           through deploys of a good, a crashing and a failing release
+#   bench/run.sh esm        an ESM release that throws at import (PM2 keeps it online): failed
+#                           requests and time to verdict with guard's load-error rule on and off,
+#                           beside a CommonJS crash
+#   bench/run.sh load       BENCH_DEPLOYS (20) good deploys beside two CPU hogs: false verdicts with
+#                           a timed-out probe retried (default) and counted at once; a hanging
+#                           /health still failed
 #   bench/run.sh watch      guard watch: crash and health-failure alert latency vs a 2-minute
 #                           uptime monitor; CPU and RSS over BENCH_WATCH_SECONDS (600) vs a
 #                           `pm2 jlist` loop
@@ -18,3 +24,5 @@ if [ "$what" = all ] || [ "$what" = verdicts ]; then node bench/verdicts.mjs; fi
 if [ "$what" = all ] || [ "$what" = tree ]; then node bench/tree.mjs; fi
 if [ "$what" = all ] || [ "$what" = strategies ]; then node bench/strategies.mjs; fi
 if [ "$what" = all ] || [ "$what" = watch ]; then node bench/watch.mjs; fi
+if [ "$what" = all ] || [ "$what" = esm ]; then node bench/esm.mjs; fi
+if [ "$what" = all ] || [ "$what" = load ]; then node bench/load.mjs; fi

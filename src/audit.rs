@@ -36,6 +36,9 @@ pub struct Entry {
     /// The code the run put in place.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<crate::code::Code>,
+    /// The release a deploy tried and put back (absent when what it tried is what runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tried: Option<crate::code::Code>,
     /// Verdict word.
     pub verdict: String,
     /// Reason.
@@ -63,6 +66,7 @@ pub fn append(backup_dir: &Path, origin: &Origin, report: &Report) -> Result<()>
         incident: report.incident.clone(),
         before: report.before.clone(),
         after: report.after.clone(),
+        tried: report.tried.clone(),
         verdict: report.verdict.clone(),
         reason: report.reason.clone(),
         exit_code: report.exit_code,

@@ -56,6 +56,16 @@ impl Code {
     }
 }
 
+/// What a run did to the code, for one line of a listing: `  [a -> b]` for a change,
+/// `  [tried b, rolled back to a]` for a release that was put back, nothing when nothing moved.
+pub fn change_text(before: Option<&Code>, after: Option<&Code>, tried: Option<&Code>) -> String {
+    match (before, after, tried) {
+        (_, Some(a), Some(t)) if !t.same(a) => format!("  [tried {t}, rolled back to {a}]"),
+        (Some(b), Some(a), _) if !b.same(a) => format!("  [{b} -> {a}]"),
+        _ => String::new(),
+    }
+}
+
 impl std::fmt::Display for Code {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.short())
@@ -85,6 +95,20 @@ mod tests {
         assert_eq!(t.short(), "tree 0123456789ab");
         assert!(!t.same(&Code::commit("0123456789ab")));
         assert!(t.same(&Code::tree("0123456789abcdef")));
+    }
+
+    #[test]
+    fn a_listing_shows_a_change_a_put_back_release_or_nothing() {
+        let (a, b) = (Code::commit("aaaaaaaaaaaa"), Code::commit("bbbbbbbbbbbb"));
+        assert_eq!(
+            change_text(Some(&a), Some(&b), None),
+            "  [aaaaaaaaaaaa -> bbbbbbbbbbbb]"
+        );
+        assert_eq!(
+            change_text(Some(&a), Some(&a), Some(&b)),
+            "  [tried bbbbbbbbbbbb, rolled back to aaaaaaaaaaaa]"
+        );
+        assert_eq!(change_text(Some(&a), Some(&a), None), "");
     }
 
     #[test]

@@ -146,6 +146,9 @@ pub struct Report {
     /// rollback restored.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub after: Option<crate::code::Code>,
+    /// The release a deploy tried and put back (absent when what it tried is what runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tried: Option<crate::code::Code>,
     /// `success`, `failed`, `rolled back`...
     pub verdict: String,
     /// Why, in one line.
@@ -208,6 +211,7 @@ impl Printer {
                 incident: None,
                 before: None,
                 after: None,
+                tried: None,
                 verdict: String::new(),
                 reason: None,
                 exit_code: 0,
@@ -236,9 +240,20 @@ impl Printer {
         self.report.incident = Some(id.to_string());
     }
 
-    /// Record the code before and after the run (commit, or tree fingerprint).
-    pub fn set_codes(&mut self, before: Option<Code>, after: Option<Code>) {
+    /// The codes set with [`Printer::set_codes`]: before, after, tried.
+    pub fn codes(&self) -> (Option<Code>, Option<Code>, Option<Code>) {
+        (
+            self.report.before.clone(),
+            self.report.after.clone(),
+            self.report.tried.clone(),
+        )
+    }
+
+    /// Record the code before and after the run (commit, or tree fingerprint), and what a
+    /// deploy tried when that is not what runs now (it was put back).
+    pub fn set_codes(&mut self, before: Option<Code>, after: Option<Code>, tried: Option<Code>) {
         self.report.before = before;
+        self.report.tried = tried.filter(|t| after.as_ref().is_none_or(|a| !a.same(t)));
         self.report.after = after;
     }
 

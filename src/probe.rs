@@ -338,6 +338,7 @@ mod tests {
             interval: Duration::from_millis(100),
             expect_body: None,
             timeouts_in_a_row: 3,
+            load_errors: true,
         })
         .unwrap()
     }

@@ -215,6 +215,9 @@ pub struct Health {
     /// Timed-out probes in a row that fail a verification: one slow answer on a busy host
     /// is retried at once (as Kubernetes' `failureThreshold`), a hanging `/health` still fails.
     pub timeouts_in_a_row: u32,
+    /// Whether a load error in the error log while nothing listens fails a verification (the
+    /// ESM crash PM2 hides); off for an app that prints stack traces while it boots slowly.
+    pub load_errors: bool,
 }
 
 /// `[pm2]`
@@ -571,6 +574,8 @@ struct RawHealth {
     expect_body: Option<String>,
     #[serde(default = "default_timeouts_in_a_row")]
     timeouts_in_a_row: u32,
+    #[serde(default = "default_true")]
+    load_errors: bool,
 }
 
 fn default_timeouts_in_a_row() -> u32 {
@@ -905,6 +910,7 @@ fn resolve(raw: RawConfig, base: &Path, path: &Path) -> std::result::Result<Sett
             interval: h.interval,
             expect_body: h.expect_body.clone(),
             timeouts_in_a_row: h.timeouts_in_a_row,
+            load_errors: h.load_errors,
         },
         pm2: Pm2Config {
             bin: pm2_bin,

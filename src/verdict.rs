@@ -251,7 +251,7 @@ impl fmt::Display for Reason {
                 change,
             } => write!(
                 f,
-                "crashed at start ({:.1}s after the restart): {change}",
+                "crashed at start ({:.1}s after the start): {change}",
                 secs(*at)
             ),
             Reason::RestartedAfter {
@@ -270,7 +270,7 @@ impl fmt::Display for Reason {
                 error,
             } => write!(
                 f,
-                "failed to load ({:.1}s after the restart): instance {instance} logged `{error}` and listens on nothing; PM2 keeps it online without restarting it",
+                "failed to load ({:.1}s after the start): instance {instance} logged `{error}` and listens on nothing; PM2 keeps it online without restarting it",
                 secs(*after_ms)
             ),
             Reason::Unstable { change } => write!(f, "{change}"),

@@ -62,18 +62,11 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &DeployArgs) -> Result<Done> {
         Happened::Done | Happened::LeftUnverified => data.deployed.clone(),
         _ => data.before.clone(),
     };
-    ctx.printer.set_codes(data.before.clone(), after.clone());
+    ctx.printer
+        .set_codes(data.before.clone(), after, data.deployed.clone());
     ctx.printer.set_data(&data);
     let status = crate::exit::decide(done.happened);
-    ops::record(
-        ctx,
-        &id,
-        "deploy",
-        status,
-        &done.summary,
-        data.before.clone(),
-        after,
-    );
+    ops::record(ctx, &id, "deploy", status, &done.summary);
     Ok(done)
 }
 

@@ -19,10 +19,7 @@ struct HistoryData<'a> {
 pub async fn run(ctx: &mut Ctx<'_>, args: &HistoryArgs) -> Result<Done> {
     let entries = audit::read(ctx.store.dir(), args.limit)?;
     for e in &entries {
-        let codes = match (&e.before, &e.after) {
-            (Some(b), Some(a)) => format!("  {} -> {}", b.short(), a.short()),
-            _ => String::new(),
-        };
+        let codes = crate::code::change_text(e.before.as_ref(), e.after.as_ref(), e.tried.as_ref());
         ctx.printer.row(format!(
             "{}  {}@{}  exit {}  {}{codes}  {}{}",
             e.time,

@@ -47,13 +47,11 @@ pub async fn run(ctx: &mut Ctx<'_>) -> Result<Done> {
         let codes = l
             .outcome
             .as_ref()
-            .and_then(|o| match (&o.before, &o.after) {
-                (Some(b), Some(a)) if !b.same(a) => {
-                    Some(format!("  [{} -> {}]", b.short(), a.short()))
-                }
-                _ => None,
+            .map(|o| {
+                crate::code::change_text(o.before.as_ref(), o.after.as_ref(), o.tried.as_ref())
             })
             .unwrap_or_default();
+        let shown_size = crate::store::manifest::human_bytes(size);
         match &l.manifest {
             Ok(m) => {
                 let commit = m
@@ -61,7 +59,7 @@ pub async fn run(ctx: &mut Ctx<'_>) -> Result<Done> {
                     .map_or_else(|| "-".into(), |c| c.short().to_string());
                 ctx.printer.row(format!(
                     "{:<20} {:<24} {:<12} {:<13} {:<14} {:>9}  {}{codes}",
-                    l.id, m.created_at, m.kind, commit, outcome, size, m.reason
+                    l.id, m.created_at, m.kind, commit, outcome, shown_size, m.reason
                 ));
                 rows.push(Row {
                     id: l.id.clone(),

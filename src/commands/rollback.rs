@@ -171,7 +171,7 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &RollbackArgs) -> Result<Done> {
         }
     };
     ctx.printer
-        .set_codes(data.before.clone(), data.restored_code.clone());
+        .set_codes(data.before.clone(), data.restored_code.clone(), None);
     ctx.printer.set_data(&data);
     // Recorded in the pre-rollback incident; without one, only the audit log has it.
     let record_in = before.as_ref().map(|b| b.id.clone());
@@ -181,8 +181,6 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &RollbackArgs) -> Result<Done> {
         "rollback",
         crate::exit::decide(happened),
         &summary,
-        data.before.clone(),
-        data.restored_code.clone(),
     );
     Ok(Done::new(happened, summary))
 }

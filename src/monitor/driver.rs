@@ -407,6 +407,7 @@ mod tests {
             incident: incident.map(String::from),
             before: None,
             after: None,
+            tried: None,
             verdict: "x".into(),
             reason: None,
             exit_code: exit,

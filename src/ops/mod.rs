@@ -233,18 +233,12 @@ pub async fn current_commit(ctx: &Ctx<'_>) -> Option<Code> {
 }
 
 /// Record the outcome in an incident's outcome.json; a failure to do so is only logged.
-pub fn record(
-    ctx: &Ctx<'_>,
-    id: &str,
-    command: &str,
-    status: ExitStatus,
-    summary: &str,
-    before: Option<Code>,
-    after: Option<Code>,
-) {
+pub fn record(ctx: &Ctx<'_>, id: &str, command: &str, status: ExitStatus, summary: &str) {
     if id.is_empty() {
         return;
     }
+    // The codes the command set on the report: one record of them, shown and stored alike.
+    let (before, after, tried) = ctx.printer.codes();
     let outcome = RunRecord {
         command: command.into(),
         verdict: status.to_string(),
@@ -253,6 +247,7 @@ pub fn record(
         at: crate::origin::now_rfc3339(),
         before,
         after,
+        tried,
     };
     if let Err(e) = ctx.store.set_outcome(id, &outcome) {
         tracing::warn!("recording the outcome in incident {id}: {e:#}");

@@ -165,6 +165,7 @@ pub fn rules(ctx: &Ctx<'_>, start: Start) -> Rules {
         stable_for: ctx.settings.health.stable_for,
         start,
         timeouts_in_a_row: ctx.settings.health.timeouts_in_a_row,
+        load_errors: ctx.settings.health.load_errors,
     }
 }
 

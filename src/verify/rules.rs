@@ -35,6 +35,8 @@ pub struct Rules {
     pub start: Start,
     /// Timed-out probes in a row before a timeout counts as a failure.
     pub timeouts_in_a_row: u32,
+    /// Whether a load error with nothing listening is a verdict.
+    pub load_errors: bool,
 }
 
 /// One instance as first seen: the baseline every later observation is compared with.
@@ -263,7 +265,9 @@ impl Verification {
     /// [`LOAD_ERROR_GRACE`] is a verdict: the grace lets a process that is exiting be named
     /// as the crash it is by the pid files.
     pub fn on_load_error(&mut self, seen: Option<(u32, String)>, now: Duration) -> Next {
-        let Some((instance, error)) = seen.filter(|_| self.ready_at.is_none()) else {
+        let Some((instance, error)) =
+            seen.filter(|_| self.ready_at.is_none() && self.rules.load_errors)
+        else {
             self.load_error_since = None;
             return Next::Continue;
         };
@@ -460,6 +464,7 @@ mod tests {
         stable_for: Duration::from_secs(5),
         start: Start::Fresh,
         timeouts_in_a_row: 3,
+        load_errors: true,
     };
 
     fn s(n: u64) -> Duration {
