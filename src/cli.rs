@@ -68,6 +68,10 @@ pub enum Command {
     /// Make the app folder identical to an incident, restart through PM2, prove it healthy
     #[command(after_help = EXIT_CODES)]
     Rollback(RollbackArgs),
+    /// Read every stored content of the named incidents and check it against its hash
+    /// (changes nothing; with --repair, stores again what the app folder still holds)
+    #[command(after_help = EXIT_CODES)]
+    Verify(VerifyArgs),
     /// List this app's incidents (snapshots) in backup.dir, newest first
     #[command(after_help = EXIT_CODES, visible_alias = "list")]
     Incidents,
@@ -112,6 +116,7 @@ impl Command {
             Command::Deploy(_) => "deploy",
             Command::Health(_) => "health",
             Command::Rollback(_) => "rollback",
+            Command::Verify(_) => "verify",
             Command::Incidents => "incidents",
             Command::History(_) => "history",
             Command::Check => "check",
@@ -174,6 +179,20 @@ pub struct RollbackArgs {
     /// Do not snapshot the current state first (a full disk); this rollback cannot be undone
     #[arg(long)]
     pub no_snapshot: bool,
+}
+
+/// Flags of `guard verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The incident to read: an id like 20251222-110221, or `latest` (default)
+    #[arg(value_name = "ID|latest", conflicts_with = "all")]
+    pub id: Option<String>,
+    /// Every incident of this app
+    #[arg(long)]
+    pub all: bool,
+    /// Store a bad content again from the app folder, when a file there still holds exactly it
+    #[arg(long)]
+    pub repair: bool,
 }
 
 /// Flags of `guard init`.

@@ -10,6 +10,7 @@ pub mod history;
 pub mod init;
 pub mod list;
 pub mod rollback;
+pub mod verify;
 pub mod watch;
 
 use crate::audit;
@@ -30,6 +31,7 @@ fn changes_things(cmd: &Command) -> bool {
         Command::Backup(_) | Command::Deploy(_) | Command::Rollback(_) => true,
         Command::Clean(a) => !a.dry_run && !a.check,
         Command::Health(_)
+        | Command::Verify(_)
         | Command::Incidents
         | Command::History(_)
         | Command::Check
@@ -118,6 +120,7 @@ pub async fn run(cli: Cli, printer: &mut Printer, cancel: Cancel) -> ExitStatus 
         Command::Deploy(a) => deploy::run(&mut ctx, a).await,
         Command::Health(a) => health::run(&mut ctx, a).await,
         Command::Rollback(a) => rollback::run(&mut ctx, a).await,
+        Command::Verify(a) => verify::run(&mut ctx, a).await,
         Command::Incidents => list::run(&mut ctx).await,
         Command::History(a) => history::run(&mut ctx, a).await,
         Command::Check => check::run(&mut ctx).await,

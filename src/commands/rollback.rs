@@ -63,7 +63,7 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &RollbackArgs) -> Result<Done> {
         return Ok(Done::new(happened, summary));
     }
     let t = Instant::now();
-    let (target, skipped) = ctx.store.resolve(args.target())?;
+    let (target, skipped) = restore::pick(ctx, args.target()).await?;
     let id = target.manifest.id.clone();
     for (bad, why) in &skipped {
         ctx.printer.step(
@@ -73,7 +73,6 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &RollbackArgs) -> Result<Done> {
             format!("passed over incident {bad}: {why}"),
         );
     }
-    restore::check(ctx, &target).await?;
     restore::learn_secrets(ctx, &target);
     let picked = if args.target() == "latest" {
         " (newest restorable: `latest`)"

@@ -4,6 +4,7 @@
 
 pub mod deploy;
 pub mod inspect;
+pub mod integrity;
 pub mod restart;
 pub mod restore;
 pub mod snapshot;

@@ -44,6 +44,51 @@ pub async fn check(ctx: &Ctx<'_>, target: &Verified) -> Result<()> {
     Ok(())
 }
 
+/// The incident to restore, checked (manifest, commit, every stored content it needs): the
+/// one named, or for `latest` the newest restorable one, passing over any that fails a check
+/// (a corrupt stored content included), each said with why.
+pub async fn pick(ctx: &Ctx<'_>, arg: &str) -> Result<(Verified, crate::store::Skipped)> {
+    if arg != "latest" {
+        let (target, skipped) = ctx.store.resolve(arg)?;
+        check(ctx, &target).await?;
+        return Ok((target, skipped));
+    }
+    let mut skipped = crate::store::Skipped::new();
+    for l in ctx.store.list()? {
+        match &l.manifest {
+            Ok(m) if !m.kind.restorable_as_latest() => continue,
+            Err(e) => {
+                skipped.push((l.id.clone(), e.clone()));
+                continue;
+            }
+            Ok(_) => {}
+        }
+        let checked = match ctx.store.verify(&l.id) {
+            Ok(v) => check(ctx, &v).await.map(|()| v),
+            Err(e) => Err(e),
+        };
+        match checked {
+            Ok(v) => return Ok((v, skipped)),
+            Err(e) => skipped.push((l.id.clone(), format!("{e:#}"))),
+        }
+    }
+    let why = skipped
+        .iter()
+        .map(|(id, e)| format!("{id}: {e}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    Err(usage(format!(
+        "no restorable incident of app {} in {}{}",
+        ctx.settings.app.name,
+        ctx.store.dir().display(),
+        if why.is_empty() {
+            String::new()
+        } else {
+            format!(" (passed over: {why})")
+        }
+    )))
+}
+
 fn check_objects(ctx: &Ctx<'_>, target: &Verified, plan: &tree::Plan) -> Result<()> {
     let objects = ctx.store.objects();
     for (hash, size) in plan.needed_objects() {

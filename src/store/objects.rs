@@ -136,6 +136,16 @@ impl Objects {
     /// Copy what `input` reads into the store (see [`Objects::store`]); `src` names it in
     /// errors. An object of that hash with another size (truncated, replaced) is replaced.
     pub fn store_from(&self, input: &mut impl Read, src: &Path) -> Result<(String, u64)> {
+        self.put(input, src, false)
+    }
+
+    /// Store what `input` reads, replacing an object of that hash whatever it holds: the
+    /// repair of a stored copy that no longer matches its name.
+    pub fn store_replacing(&self, input: &mut impl Read, src: &Path) -> Result<(String, u64)> {
+        self.put(input, src, true)
+    }
+
+    fn put(&self, input: &mut impl Read, src: &Path, replace: bool) -> Result<(String, u64)> {
         let tmp_dir = self.dir.join("tmp");
         fs::DirBuilder::new()
             .recursive(true)
@@ -150,7 +160,7 @@ impl Objects {
         let tmp_path = tmp.path().to_path_buf();
         let (hash, total) = copy_hashing(input, tmp.as_file_mut(), src, &tmp_path)?;
         let dest = self.path(&hash);
-        if self.has_sized(&hash, total) {
+        if !replace && self.has_sized(&hash, total) {
             return Ok((hash, total));
         }
         let parent = dest.parent().expect("objects have a parent");

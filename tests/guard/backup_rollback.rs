@@ -213,11 +213,22 @@ fn list_and_history_show_incidents_and_runs_without_secrets() {
     history.expect(0);
     assert!(history.stdout.contains("exit 3"), "{}", history.stdout);
     // The rolled-back deploy names the release it tried, not `X -> X`.
-    let line = history.stdout.lines().find(|l| l.contains("exit 3")).unwrap();
-    assert!(line.contains("[tried ") && line.contains(", rolled back to "), "{line}");
+    let line = history
+        .stdout
+        .lines()
+        .find(|l| l.contains("exit 3"))
+        .unwrap();
+    assert!(
+        line.contains("[tried ") && line.contains(", rolled back to "),
+        "{line}"
+    );
     // Sizes for people in the listing (bytes stay in --json).
     let text = app.guard(&["incidents"]);
-    assert!(text.stdout.lines().nth(1).unwrap().contains(" KB"), "{}", text.stdout);
+    assert!(
+        text.stdout.lines().nth(1).unwrap().contains(" KB"),
+        "{}",
+        text.stdout
+    );
     // A listing is its rows, with -q too, and no "success" line.
     let quiet = app.guard(&["-q", "incidents"]);
     quiet.expect(0);

@@ -355,3 +355,69 @@ fn a_secret_the_deploy_step_writes_is_masked_in_what_follows() {
     assert!(run.stdout.contains("SENTRY_DSN=***"), "{}", run.stdout);
     assert!(!run.all().contains("StepWritten77"), "{}", run.all());
 }
+
+#[test]
+fn one_rotten_stored_content_is_passed_over_by_latest_found_by_verify_and_repaired() {
+    let app = App::new();
+    app.start_v1();
+    let older = app.backup_id();
+    // A file only the newer incident holds.
+    std::fs::write(
+        app.dir.join("notes.txt"),
+        "written after the first backup\n",
+    )
+    .unwrap();
+    app.release("v2", "good");
+    app.guard(&["deploy"]).expect(0);
+    let newer = app.incidents().last().unwrap().clone();
+    let hash = app.tree_index(&newer)["notes.txt"]["h"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let object = app.object(&hash);
+    let mut bytes = std::fs::read(&object).unwrap();
+    bytes[3] ^= 1;
+    std::fs::write(&object, bytes).unwrap();
+
+    // `guard verify` reads it back and names it (exit 1), changing nothing.
+    let run = app.guard(&["--json", "verify", "--all"]);
+    run.expect(1);
+    let doc = run.json();
+    let bad: Vec<&serde_json::Value> = doc["data"]["incidents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| !i["bad"].as_array().unwrap().is_empty())
+        .collect();
+    assert_eq!(bad.len(), 1, "{doc}");
+    assert_eq!(bad[0]["id"], newer.as_str());
+    assert_eq!(bad[0]["bad"][0]["paths"][0], "notes.txt");
+
+    // A restore that needs it (the file is gone from the app): `latest` passes over that
+    // incident, says so, and restores the one before.
+    std::fs::remove_file(app.dir.join("notes.txt")).unwrap();
+    let back = app.guard(&["rollback", "latest"]);
+    back.expect(0);
+    assert!(
+        back.stdout
+            .contains(&format!("passed over incident {newer}")),
+        "{}",
+        back.stdout
+    );
+    assert!(back.stdout.contains(&older), "{}", back.stdout);
+    assert_eq!(app.version().as_deref(), Some("v1"));
+
+    // A repair needs the bytes in the app folder: once they are there again, it stores them.
+    std::fs::write(
+        app.dir.join("notes.txt"),
+        "written after the first backup\n",
+    )
+    .unwrap();
+    let repair = app.guard(&["--json", "verify", &newer, "--repair"]);
+    repair.expect(0);
+    assert_eq!(
+        repair.json()["data"]["incidents"][0]["bad"][0]["repaired"],
+        true
+    );
+    app.guard(&["verify", "--all"]).expect(0);
+}
