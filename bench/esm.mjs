@@ -6,7 +6,7 @@
 // A client polls /health every 50 ms (a fresh connection each time) through each deploy and
 // counts the failed requests; time to verdict is guard's own `elapsed_ms`. Every number comes
 // from the real guard binary, real PM2 and real HTTP on 127.0.0.1.
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -29,6 +29,17 @@ async function freePort() {
       const p = s.address().port;
       s.close(() => resolve(p));
     });
+  });
+}
+
+// guard runs as a child the event loop does not wait on, so the poller keeps polling.
+function run(cmd, args) {
+  return new Promise((resolve) => {
+    const child = spawn(cmd, args, { env });
+    let stdout = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.resume();
+    child.on('close', (status) => resolve({ status, stdout }));
   });
 }
 
@@ -111,7 +122,7 @@ async function main() {
 
     const stop = poller(port);
     const t0 = Date.now();
-    const r = spawnSync(guard, ['--config', config, '--json', 'deploy'], { env, encoding: 'utf8' });
+    const r = await run(guard, ['--config', config, '--json', 'deploy']);
     const wall = (Date.now() - t0) / 1000;
     const polled = await stop();
     const doc = JSON.parse(r.stdout);

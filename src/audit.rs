@@ -15,10 +15,19 @@ use crate::output::{Report, Step};
 /// One line of the audit log.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Entry {
+    /// The shape's version, as in `--json` (absent in lines of older guards).
+    #[serde(default)]
+    pub schema: u32,
     /// When the run ended, RFC 3339 UTC.
     pub time: String,
     /// User.
     pub user: String,
+    /// Who ran it behind `sudo` (`SUDO_USER`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sudo_user: Option<String>,
+    /// The ssh client's address, when run over ssh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
     /// Host.
     pub host: String,
     /// Command line.
@@ -57,8 +66,11 @@ pub fn path(backup_dir: &Path) -> PathBuf {
 /// Append the outcome of this run.
 pub fn append(backup_dir: &Path, origin: &Origin, report: &Report) -> Result<()> {
     let entry = Entry {
+        schema: crate::output::SCHEMA,
         time: crate::origin::now_rfc3339(),
         user: origin.user.clone(),
+        sudo_user: origin.sudo_user.clone(),
+        from: origin.from.clone(),
         host: origin.host.clone(),
         command: origin.command.clone(),
         subcommand: Some(report.command.clone()),

@@ -81,7 +81,7 @@ pub enum Command {
     /// Check the app and its setup: PM2 fail-fast policy, Sentry, .gitignore, pm2 save, file modes, room for a
     /// snapshot... each ok, warn or fail with a fix; changes nothing (exit 1 on a failure)
     #[command(after_help = EXIT_CODES)]
-    Check,
+    Check(CheckArgs),
     /// Write a guard.toml for an app from its ecosystem file (never overwrites one)
     #[command(after_help = EXIT_CODES)]
     Init(InitArgs),
@@ -119,7 +119,7 @@ impl Command {
             Command::Verify(_) => "verify",
             Command::Incidents => "incidents",
             Command::History(_) => "history",
-            Command::Check => "check",
+            Command::Check(_) => "check",
             Command::Init(_) => "init",
             Command::Watch => "watch",
             Command::Completions(_) => "completions",
@@ -179,6 +179,14 @@ pub struct RollbackArgs {
     /// Do not snapshot the current state first (a full disk); this rollback cannot be undone
     #[arg(long)]
     pub no_snapshot: bool,
+}
+
+/// Flags of `guard check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Exit 1 on any warning too (for CI, and the final check after a fix)
+    #[arg(long)]
+    pub strict: bool,
 }
 
 /// Flags of `guard verify`.

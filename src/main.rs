@@ -141,6 +141,12 @@ fn init_logging(verbose: u8, quiet: bool) {
         // eprintln!, which panics, and the deploy, or the signal handler, would die with it.
         .log_internal_errors(false)
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: journald and `2>file` get plain lines.
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+                && std::env::var("TERM").map_or(true, |t| t != "dumb"),
+        )
         .with_target(false)
         .without_time()
         .init();

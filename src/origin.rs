@@ -16,6 +16,12 @@ pub struct Origin {
     pub started_at: String,
     /// The command line.
     pub command: String,
+    /// Who ran it behind `sudo` (`SUDO_USER`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sudo_user: Option<String>,
+    /// Where from, over ssh: the client's address (`SSH_CONNECTION`'s first field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
 }
 
 impl Origin {
@@ -27,6 +33,10 @@ impl Origin {
             user: user(),
             started_at: now_rfc3339(),
             command: std::env::args().collect::<Vec<_>>().join(" "),
+            sudo_user: std::env::var("SUDO_USER").ok().filter(|u| !u.is_empty()),
+            from: std::env::var("SSH_CONNECTION")
+                .ok()
+                .and_then(|c| c.split_whitespace().next().map(String::from)),
         }
     }
 }

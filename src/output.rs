@@ -408,12 +408,13 @@ impl Printer {
     /// Print the outcome and return the report for the audit log.
     pub fn finish(&mut self, status: ExitStatus, summary: &str) -> Report {
         self.clear_live();
-        let summary = sanitize(&self.redactor.redact(summary));
+        let masked = self.redactor.redact(summary);
+        let summary = sanitize(&masked);
         self.stamp_end();
         self.report.verdict = status.to_string();
         self.report.exit_code = status.code();
         if !summary.is_empty() {
-            self.report.reason = Some(summary.clone());
+            self.report.reason = Some(keep_lines(&masked));
         }
         match self.mode {
             Mode::Json => {
@@ -487,7 +488,7 @@ impl Printer {
         self.stamp_end();
         self.report.verdict = status.to_string();
         self.report.exit_code = status.code();
-        self.report.reason = Some(sanitize(&self.redactor.redact(&format!("{err:#}"))));
+        self.report.reason = Some(keep_lines(&self.redactor.redact(&format!("{err:#}"))));
         if self.mode == Mode::Json {
             let doc = serde_json::to_string_pretty(&self.report).unwrap_or_default();
             out(&self.redactor.redact(&doc));
@@ -533,6 +534,10 @@ pub fn strip_ansi(text: &str) -> String {
                     }
                 }
             }
+            // A character set designation (`ESC ( B`): one more character.
+            Some('(' | ')' | '*' | '+') => {
+                chars.next();
+            }
             // OSC: up to BEL or ESC \
             Some(']') => {
                 while let Some(c) = chars.next() {
@@ -557,6 +562,21 @@ pub fn sanitize(text: &str) -> String {
     strip_ansi(text)
         .chars()
         .map(|c| if c.is_control() && c != '\t' { '?' } else { c })
+        .collect()
+}
+
+/// Like [`sanitize`], keeping line breaks: a reason in JSON keeps its lines (JSON escapes
+/// them), where a terminal line would be broken by them.
+pub fn keep_lines(text: &str) -> String {
+    strip_ansi(text)
+        .chars()
+        .map(|c| {
+            if c.is_control() && c != '\t' && c != '\n' {
+                '?'
+            } else {
+                c
+            }
+        })
         .collect()
 }
 
@@ -587,6 +607,8 @@ mod tests {
     fn control_characters_are_neutralised_and_colours_dropped() {
         assert_eq!(sanitize("a\x1b[31mb\tc\x1b[0m"), "ab\tc");
         assert_eq!(sanitize("x\x1b]0;title\x07y\x08z"), "xy?z");
+        assert_eq!(sanitize("tput sgr0: \x1b(B\x1b[m done"), "tput sgr0:  done");
+        assert_eq!(keep_lines("a\nb\x1b[31m\x07c"), "a\nb?c");
         assert_eq!(strip_ansi("[PM2] \x1b[32m✓\x1b[39m done"), "[PM2] ✓ done");
     }
 }

@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use super::Done;
 use crate::checks::{self, Check, Level};
+use crate::cli::CheckArgs;
 use crate::exit::Happened;
 use crate::ops::{Ctx, inspect};
 
@@ -17,7 +18,7 @@ struct CheckData<'a> {
 }
 
 /// `guard check`.
-pub async fn run(ctx: &mut Ctx<'_>) -> Result<Done> {
+pub async fn run(ctx: &mut Ctx<'_>, args: &CheckArgs) -> Result<Done> {
     let tools = ctx.tools()?;
     let found = inspect::run(ctx, &tools, true).await;
     inspect::learn_ecosystem_env(ctx, found.declared.as_ref());
@@ -46,7 +47,7 @@ pub async fn run(ctx: &mut Ctx<'_>) -> Result<Done> {
         count(Level::Warn),
         count(Level::Fail)
     );
-    let happened = if result == Level::Fail {
+    let happened = if result == Level::Fail || (args.strict && result == Level::Warn) {
         Happened::CheckFailed
     } else {
         Happened::Done

@@ -34,7 +34,7 @@ fn changes_things(cmd: &Command) -> bool {
         | Command::Verify(_)
         | Command::Incidents
         | Command::History(_)
-        | Command::Check
+        | Command::Check(_)
         | Command::Watch
         | Command::Completions(_)
         | Command::Man
@@ -123,7 +123,7 @@ pub async fn run(cli: Cli, printer: &mut Printer, cancel: Cancel) -> ExitStatus 
         Command::Verify(a) => verify::run(&mut ctx, a).await,
         Command::Incidents => list::run(&mut ctx).await,
         Command::History(a) => history::run(&mut ctx, a).await,
-        Command::Check => check::run(&mut ctx).await,
+        Command::Check(a) => check::run(&mut ctx, a).await,
         Command::Watch => watch::run(&mut ctx).await,
         Command::Init(_) | Command::Completions(_) | Command::Man => {
             unreachable!("handled before the config is read")

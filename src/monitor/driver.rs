@@ -398,8 +398,11 @@ mod tests {
 
     fn entry(app: &str, sub: &str, exit: i32, incident: Option<&str>, time: &str) -> audit::Entry {
         audit::Entry {
+            schema: 2,
             time: time.into(),
             user: "root".into(),
+            sudo_user: None,
+            from: None,
             host: "h".into(),
             command: format!("guard {sub}"),
             subcommand: Some(sub.into()),

@@ -248,3 +248,33 @@ fn health_shows_what_runs_and_what_the_files_change_at_the_next_deploy() {
     lost.expect(1);
     assert!(lost.stdout.contains("pm2 resurrect"), "{}", lost.stdout);
 }
+
+#[test]
+fn strict_check_fails_on_a_warning_the_audit_says_who_and_from_where_and_logs_are_plain() {
+    let app = App::new();
+    app.start_v1();
+    // Warnings (here: no PM2 startup unit on a test host) exit 0; --strict makes them exit 1.
+    let plain = app.guard(&["--json", "check"]);
+    plain.expect(0);
+    let warned = plain.json()["data"]["result"] == "warn";
+    app.guard(&["check", "--strict"])
+        .expect(if warned { 1 } else { 0 });
+    // Behind sudo, over ssh: the audit log records who and from where, with its schema.
+    let out = app
+        .guard_cmd(&["backup"])
+        .env("SUDO_USER", "alice")
+        .env("SSH_CONNECTION", "203.0.113.7 51234 10.0.0.1 22")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let audit = std::fs::read_to_string(app.backups.join("audit.log")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(audit.lines().last().unwrap()).unwrap();
+    assert_eq!(last["sudo_user"], "alice", "{last}");
+    assert_eq!(last["from"], "203.0.113.7", "{last}");
+    assert_eq!(last["schema"], 2, "{last}");
+    // Log lines on stderr off a terminal carry no colour codes (journald, 2>file).
+    let verbose = app.guard(&["-vv", "health"]);
+    assert!(!verbose.stderr.is_empty());
+    assert!(!verbose.stderr.contains('\x1b'), "{:?}", verbose.stderr);
+}
