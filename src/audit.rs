@@ -45,6 +45,9 @@ pub struct Entry {
     /// The code the run put in place.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<crate::code::Code>,
+    /// What the deploy was asked to deploy (`guard deploy --ref`).
+    #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+    pub git_ref: Option<String>,
     /// The release a deploy tried and put back (absent when what it tried is what runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tried: Option<crate::code::Code>,
@@ -79,6 +82,7 @@ pub fn append(backup_dir: &Path, origin: &Origin, report: &Report) -> Result<()>
         before: report.before.clone(),
         after: report.after.clone(),
         tried: report.tried.clone(),
+        git_ref: report.git_ref.clone(),
         verdict: report.verdict.clone(),
         reason: report.reason.clone(),
         exit_code: report.exit_code,

@@ -153,6 +153,10 @@ pub struct DeployArgs {
     /// On a failed verification leave things as they are (exit 4) instead of rolling back
     #[arg(long)]
     pub no_rollback: bool,
+    /// What is being deployed (a tag, branch or commit): given to the deploy step as
+    /// GUARD_REF (`deploy.command` may use "$GUARD_REF") and recorded with the incident
+    #[arg(long = "ref", value_name = "REF")]
+    pub git_ref: Option<String>,
     /// The deploy step to run instead of deploy.command (run in app.dir)
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,

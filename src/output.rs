@@ -146,6 +146,9 @@ pub struct Report {
     /// rollback restored.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub after: Option<crate::code::Code>,
+    /// What the deploy was asked to deploy (`guard deploy --ref`).
+    #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+    pub git_ref: Option<String>,
     /// The release a deploy tried and put back (absent when what it tried is what runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tried: Option<crate::code::Code>,
@@ -212,6 +215,7 @@ impl Printer {
                 before: None,
                 after: None,
                 tried: None,
+                git_ref: None,
                 verdict: String::new(),
                 reason: None,
                 exit_code: 0,
@@ -238,6 +242,16 @@ impl Printer {
     /// Record the incident this run took or used.
     pub fn set_incident(&mut self, id: &str) {
         self.report.incident = Some(id.to_string());
+    }
+
+    /// Record what the run was asked to deploy (`--ref`).
+    pub fn set_ref(&mut self, git_ref: Option<String>) {
+        self.report.git_ref = git_ref;
+    }
+
+    /// The ref set with [`Printer::set_ref`].
+    pub fn git_ref(&self) -> Option<String> {
+        self.report.git_ref.clone()
     }
 
     /// The codes set with [`Printer::set_codes`]: before, after, tried.

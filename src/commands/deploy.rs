@@ -17,6 +17,7 @@ use crate::store::Kind;
 /// `guard deploy`.
 pub async fn run(ctx: &mut Ctx<'_>, args: &DeployArgs) -> Result<Done> {
     let tools = ctx.tools()?;
+    ctx.printer.set_ref(args.git_ref.clone());
     deploy::check_inputs(ctx, &tools).await?;
     let step = step_command(ctx, args);
     let mut lock = ops::lock(ctx).await?;
@@ -34,6 +35,7 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &DeployArgs) -> Result<Done> {
         &tools,
         &id,
         step,
+        args.git_ref.as_deref(),
         args.no_rollback,
         &mut data,
         &mut lock,

@@ -19,7 +19,11 @@ struct HistoryData<'a> {
 pub async fn run(ctx: &mut Ctx<'_>, args: &HistoryArgs) -> Result<Done> {
     let entries = audit::read(ctx.store.dir(), args.limit)?;
     for e in &entries {
-        let codes = crate::code::change_text(e.before.as_ref(), e.after.as_ref(), e.tried.as_ref());
+        let mut codes =
+            crate::code::change_text(e.before.as_ref(), e.after.as_ref(), e.tried.as_ref());
+        if let Some(r) = &e.git_ref {
+            codes.push_str(&format!("  ref {r}"));
+        }
         ctx.printer.row(format!(
             "{}  {}@{}  exit {}  {}{codes}  {}{}",
             e.time,

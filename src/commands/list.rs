@@ -48,7 +48,12 @@ pub async fn run(ctx: &mut Ctx<'_>) -> Result<Done> {
             .outcome
             .as_ref()
             .map(|o| {
-                crate::code::change_text(o.before.as_ref(), o.after.as_ref(), o.tried.as_ref())
+                let mut text =
+                    crate::code::change_text(o.before.as_ref(), o.after.as_ref(), o.tried.as_ref());
+                if let Some(r) = &o.git_ref {
+                    text.push_str(&format!("  ref {r}"));
+                }
+                text
             })
             .unwrap_or_default();
         let shown_size = crate::store::manifest::human_bytes(size);

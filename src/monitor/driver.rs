@@ -411,6 +411,7 @@ mod tests {
             before: None,
             after: None,
             tried: None,
+            git_ref: None,
             verdict: "x".into(),
             reason: None,
             exit_code: exit,

@@ -101,12 +101,13 @@ pub async fn after_backup(
     tools: &Tools,
     id: &str,
     step: StepCmd,
+    git_ref: Option<&str>,
     no_rollback: bool,
     data: &mut DeployData,
     lock: &mut Lock,
 ) -> Result<Done> {
     go!(clean_first(ctx)?);
-    go!(deploy_step_phase(ctx, tools, id, step, data, lock).await?);
+    go!(deploy_step_phase(ctx, tools, id, step, git_ref, data, lock).await?);
     let declared = go!(check_release(ctx, tools, id, data).await?);
     let eco = super::ecosystem_path(ctx)?;
     let running = tools.pm2.instances().await?;
@@ -151,10 +152,11 @@ async fn deploy_step_phase(
     tools: &Tools,
     id: &str,
     step: StepCmd,
+    git_ref: Option<&str>,
     data: &mut DeployData,
     lock: &mut Lock,
 ) -> Result<Flow<()>> {
-    let (result, output) = deploy_step(ctx, step, lock).await;
+    let (result, output) = deploy_step(ctx, step, git_ref, lock).await;
     // The step may have written new secrets into the env files: mask those too from now on.
     let mut redactor = ctx.printer.redactor().clone();
     redactor.learn_env_files(&ctx.settings.app.dir, &ctx.settings.backup.files);
@@ -406,6 +408,7 @@ fn keep_step_output(ctx: &mut Ctx<'_>, id: &str, output: &[String], data: &mut D
 async fn deploy_step(
     ctx: &mut Ctx<'_>,
     step_cmd: StepCmd,
+    git_ref: Option<&str>,
     lock: &mut Lock,
 ) -> (std::result::Result<(), String>, Vec<String>) {
     let t = Instant::now();
@@ -432,6 +435,12 @@ async fn deploy_step(
         }
     };
     cmd.current_dir(&ctx.settings.app.dir);
+    // What to deploy, for a step that checks out a tag: `git checkout "$GUARD_REF"`.
+    cmd.env("GUARD_APP", &ctx.settings.app.name);
+    match git_ref {
+        Some(r) => cmd.env("GUARD_REF", r),
+        None => cmd.env_remove("GUARD_REF"),
+    };
     let cancel = ctx.cancel.clone();
     // Its output is shown as it comes (masked, indented), so a long `npm ci` is visibly alive.
     let printer = &*ctx.printer;

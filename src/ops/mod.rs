@@ -249,6 +249,7 @@ pub fn record(ctx: &Ctx<'_>, id: &str, command: &str, status: ExitStatus, summar
         before,
         after,
         tried,
+        git_ref: ctx.printer.git_ref(),
     };
     if let Err(e) = ctx.store.set_outcome(id, &outcome) {
         tracing::warn!("recording the outcome in incident {id}: {e:#}");

@@ -60,6 +60,9 @@ pub struct RunRecord {
     /// The commit (or tree fingerprint) in place after it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<crate::code::Code>,
+    /// What the deploy was asked to deploy (`guard deploy --ref`).
+    #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+    pub git_ref: Option<String>,
     /// The release a deploy tried and put back (absent when what it tried is what runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tried: Option<crate::code::Code>,

@@ -49,7 +49,13 @@ fn inventory(apps: &[App], extra: &str) -> tempfile::NamedTempFile {
 }
 
 fn rollout(inv: &tempfile::NamedTempFile) -> (i32, String) {
+    rollout_with(inv, &[])
+}
+
+/// The rollout with extra ansible-playbook arguments (`-e guard_ref=v4`).
+fn rollout_with(inv: &tempfile::NamedTempFile, extra: &[&str]) -> (i32, String) {
     let out = Command::new(playbook_bin())
+        .args(extra)
         .arg("-i")
         .arg(inv.path())
         .arg(repo_root().join("examples/ansible/rollout.yml"))
@@ -110,13 +116,28 @@ fn an_unreachable_host_stops_before_anything_changes_a_bad_release_stops_at_the_
         "{out}"
     );
 
-    // A good release goes everywhere, one host at a time.
+    // A good release goes everywhere, one host at a time, named by the rollout's
+    // `guard_ref`: each deploy step gets it as GUARD_REF, each host records it.
     for a in &apps {
         a.release("v4", "good");
+        a.edit_config(
+            "command = \"git pull --ff-only\"",
+            "command = \"git pull --ff-only && echo \\\"$GUARD_REF\\\" > .deployed-ref\"",
+        );
     }
-    let (code, out) = rollout(&inv);
+    let (code, out) = rollout_with(&inv, &["-e", "guard_ref=v4"]);
     assert_eq!(code, 0, "{out}");
     assert_eq!(versions(&apps), [v("v4"), v("v4"), v("v4")], "{out}");
+    for a in &apps {
+        assert_eq!(a.read(".deployed-ref").trim(), "v4");
+        let history = a.guard(&["history"]);
+        assert!(history.stdout.contains("ref v4"), "{}", history.stdout);
+        let list = a.guard(&["--json", "incidents"]).json();
+        assert_eq!(
+            list["data"]["incidents"][0]["outcome"]["ref"], "v4",
+            "{list}"
+        );
+    }
 }
 
 #[test]
