@@ -34,9 +34,11 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &DeployArgs) -> Result<Done> {
         ctx,
         &tools,
         &id,
-        step,
-        args.git_ref.as_deref(),
-        args.no_rollback,
+        deploy::Request {
+            step,
+            git_ref: args.git_ref.as_deref(),
+            no_rollback: args.no_rollback,
+        },
         &mut data,
         &mut lock,
     );

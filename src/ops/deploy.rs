@@ -61,6 +61,16 @@ pub enum StepCmd {
     Argv(Vec<String>),
 }
 
+/// What the operator asked of this deploy.
+pub struct Request<'a> {
+    /// The deploy step.
+    pub step: StepCmd,
+    /// `--ref`: what is deployed, for the step's GUARD_REF.
+    pub git_ref: Option<&'a str>,
+    /// `--no-rollback`.
+    pub no_rollback: bool,
+}
+
 /// Whether the deploy goes on after a phase, or how it ended.
 pub enum Flow<T> {
     /// On, with what the phase found.
@@ -100,12 +110,15 @@ pub async fn after_backup(
     ctx: &mut Ctx<'_>,
     tools: &Tools,
     id: &str,
-    step: StepCmd,
-    git_ref: Option<&str>,
-    no_rollback: bool,
+    request: Request<'_>,
     data: &mut DeployData,
     lock: &mut Lock,
 ) -> Result<Done> {
+    let Request {
+        step,
+        git_ref,
+        no_rollback,
+    } = request;
     go!(clean_first(ctx)?);
     go!(deploy_step_phase(ctx, tools, id, step, git_ref, data, lock).await?);
     let declared = go!(check_release(ctx, tools, id, data).await?);
