@@ -367,7 +367,9 @@ pub fn find_program(bin: &Path) -> Option<PathBuf> {
     if bin.components().count() > 1 {
         return executable(bin).then(|| bin.to_path_buf());
     }
-    std::env::split_paths(&std::env::var_os("PATH")?)
+    // As a child would find it: with the folders guard puts first on children's PATH.
+    let path = crate::runner::child_path().or_else(|| std::env::var_os("PATH"))?;
+    std::env::split_paths(&path)
         .map(|dir| dir.join(bin))
         .find(|p| executable(p))
 }

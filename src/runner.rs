@@ -74,6 +74,22 @@ fn quote(s: &str) -> String {
     }
 }
 
+/// Folders put first on every child's PATH (see `Pm2Config::child_path_dirs`); set once,
+/// when the settings are known.
+static PATH_FIRST: std::sync::OnceLock<Vec<std::path::PathBuf>> = std::sync::OnceLock::new();
+
+/// Put these folders first on the PATH of every child started from now on.
+pub fn put_first_on_path(dirs: Vec<std::path::PathBuf>) {
+    let _ = PATH_FIRST.set(dirs);
+}
+
+/// The PATH children get: [`put_first_on_path`]'s folders, then guard's own PATH.
+pub fn child_path() -> Option<std::ffi::OsString> {
+    let first = PATH_FIRST.get().filter(|d| !d.is_empty())?;
+    let own = std::env::var_os("PATH").unwrap_or_default();
+    std::env::join_paths(first.iter().cloned().chain(std::env::split_paths(&own))).ok()
+}
+
 /// Kills the child's whole process group if the run is abandoned (timeout, signal, dropped future).
 struct GroupKiller(Option<i32>);
 
@@ -114,6 +130,9 @@ pub async fn run_tracked(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    if let Some(path) = child_path() {
+        cmd.env("PATH", path);
+    }
     let mut child = cmd
         .spawn()
         .with_context(|| format!("cannot run `{shown}`"))?;
@@ -254,6 +273,9 @@ pub fn spawn_detached(mut cmd: std::process::Command, shown: &str) -> Result<std
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .process_group(0);
+    if let Some(path) = child_path() {
+        cmd.env("PATH", path);
+    }
     cmd.spawn()
         .with_context(|| format!("cannot start `{shown}`"))
 }

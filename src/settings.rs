@@ -229,6 +229,27 @@ pub struct Pm2Config {
     pub home: PathBuf,
     /// Limit for one pm2 CLI call.
     pub timeout: Duration,
+    /// The node executable, when it is not on PATH (nvm): its folder is put on every
+    /// child's PATH, as is pm2's.
+    pub node: Option<PathBuf>,
+}
+
+impl Pm2Config {
+    /// Folders every child process gets first on its PATH: pm2's own (with nvm, node is
+    /// installed beside it) and `[pm2] node`'s, so a plain `ssh host guard deploy` or a
+    /// systemd unit without nvm's PATH still runs pm2, its `#!/usr/bin/env node` and node.
+    pub fn child_path_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs = Vec::new();
+        for p in self.node.iter().chain(std::iter::once(&self.bin)) {
+            if p.components().count() > 1
+                && let Some(dir) = p.parent()
+                && !dirs.iter().any(|d| d == dir)
+            {
+                dirs.push(dir.to_path_buf());
+            }
+        }
+        dirs
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -587,6 +608,7 @@ fn default_timeouts_in_a_row() -> u32 {
 struct RawPm2 {
     bin: Option<PathBuf>,
     home: Option<PathBuf>,
+    node: Option<PathBuf>,
     #[serde(default = "default_pm2_timeout", with = "humantime_serde")]
     timeout: Duration,
 }
@@ -596,6 +618,7 @@ impl Default for RawPm2 {
         RawPm2 {
             bin: None,
             home: None,
+            node: None,
             timeout: default_pm2_timeout(),
         }
     }
@@ -916,6 +939,7 @@ fn resolve(raw: RawConfig, base: &Path, path: &Path) -> std::result::Result<Sett
             bin: pm2_bin,
             home: pm2_home,
             timeout: raw.pm2.timeout,
+            node: raw.pm2.node.as_ref().map(|n| absolute_from(base, n)),
         },
     })
 }

@@ -90,6 +90,7 @@ pub async fn run(cli: Cli, printer: &mut Printer, cancel: Cancel) -> ExitStatus 
         }
     };
     printer.set_app(&settings.app.name);
+    crate::runner::put_first_on_path(settings.pm2.child_path_dirs());
     let mut redactor = Redactor::from_env_files(
         &settings.app.dir,
         &settings.backup.files,

@@ -245,12 +245,15 @@ async fn check_release(
                 data.ecosystem.as_deref().unwrap_or_default()
             ),
         ),
-        Ok(false) => ctx.printer.step(
-            StepName::Ecosystem,
-            StepState::Warn,
-            t.elapsed(),
-            "not checked: node not on PATH",
-        ),
+        Ok(false) => {
+            // Without node, pm2 cannot start anything either: stop before the restart.
+            let why = "node cannot be found: set `node` under [pm2]".to_string();
+            ctx.printer
+                .step(StepName::Ecosystem, StepState::Failed, t.elapsed(), &why);
+            return undo_before_restart(ctx, tools, id, &why)
+                .await
+                .map(Flow::Stop);
+        }
         Err(e) => {
             ctx.printer
                 .step(StepName::Ecosystem, StepState::Failed, t.elapsed(), &e);

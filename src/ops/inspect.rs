@@ -146,10 +146,15 @@ pub async fn run(ctx: &Ctx<'_>, tools: &Tools, pm2_calls: bool) -> Inspection {
             ));
             found.declared = Some(d);
         }
-        Ok((eco, None)) => found.checks.push(Check::warn(
-            "ecosystem",
-            format!("{} not checked: node is not on PATH", eco.display()),
-            "install node (PM2 needs it anyway)",
+        // pm2 is a node script: without node nothing can be started, and a deploy would
+        // find out only after it deleted the running app.
+        Ok((eco, None)) => found.checks.push(Check::fail(
+            "node",
+            format!(
+                "node cannot be found (PATH, and the folders of pm2.bin and pm2.node): {} cannot be loaded and pm2 cannot run",
+                eco.display()
+            ),
+            "set `node = \"/path/to/bin/node\"` under [pm2] (nvm: ~/.nvm/versions/node/<version>/bin/node), or pm2.bin to the pm2 beside it",
         )),
         Err(e) => found.checks.push(Check::fail(
             "ecosystem",
@@ -284,7 +289,13 @@ async fn pm2_saved(tools: &Tools) -> Check {
     };
     let running = match tools.pm2.jlist().await {
         Ok(r) => r,
-        Err(e) => return Check::warn("pm2-saved", format!("{e:#}"), "check pm2"),
+        Err(e) => {
+            return Check::fail(
+                "pm2",
+                format!("pm2 does not run: {e:#}"),
+                "set pm2.bin to a pm2 that runs, and `node` under [pm2] if node is not on PATH (nvm)",
+            );
+        }
     };
     let a: BTreeSet<(String, Option<PathBuf>)> = saved.into_iter().collect();
     let b: BTreeSet<(String, Option<PathBuf>)> =

@@ -1,7 +1,7 @@
 //! `guard check`, `guard init` and the incident's status block.
 
 use std::os::unix::fs::PermissionsExt;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 
 use crate::support::{App, Run};
 
@@ -277,4 +277,54 @@ fn strict_check_fails_on_a_warning_the_audit_says_who_and_from_where_and_logs_ar
     let verbose = app.guard(&["-vv", "health"]);
     assert!(!verbose.stderr.is_empty());
     assert!(!verbose.stderr.contains('\x1b'), "{:?}", verbose.stderr);
+}
+
+#[test]
+fn node_missing_from_guards_path_fails_check_and_pm2_node_brings_it_back() {
+    let app = App::new();
+    app.start_v1();
+    // A PATH as a plain `ssh host guard ...` gets it on an nvm server: no node on it.
+    let bin = tempfile::tempdir().unwrap();
+    for tool in ["sh", "git", "cat", "env"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .unwrap();
+        let path = String::from_utf8_lossy(&found.stdout).trim().to_string();
+        std::os::unix::fs::symlink(&path, bin.path().join(tool)).unwrap();
+    }
+    let node = Command::new("sh")
+        .args(["-c", "command -v node"])
+        .output()
+        .unwrap();
+    let node = String::from_utf8_lossy(&node.stdout).trim().to_string();
+    let run_with_path = |args: &[&str]| {
+        Run::of(
+            app.guard_cmd(args)
+                .env("PATH", bin.path())
+                .stdin(Stdio::null())
+                .output()
+                .unwrap(),
+            std::time::Duration::ZERO,
+        )
+    };
+    let check = run_with_path(&["--json", "check"]);
+    check.expect(1);
+    let doc = check.json();
+    let node_check = doc["data"]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "node" || c["id"] == "pm2")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(node_check["level"], "fail", "{doc}");
+    // A deploy is refused before anything changes.
+    run_with_path(&["deploy"]).expect(2);
+    // `[pm2] node` puts node's folder on every child's PATH: pm2 runs, the deploy works.
+    app.edit_config("[pm2]\n", &format!("[pm2]\nnode = {node:?}\n"));
+    run_with_path(&["check"]).expect(0);
+    app.release("v2", "good");
+    run_with_path(&["deploy"]).expect(0);
+    assert_eq!(app.version().as_deref(), Some("v2"));
 }
