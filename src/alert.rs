@@ -62,6 +62,9 @@ pub struct Alert {
     /// For `recovered`: the event that cleared.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resolves: Option<String>,
+    /// What a deploy was asked to deploy (`--ref`).
+    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub git_ref: Option<String>,
 }
 
 impl Alert {
@@ -78,6 +81,7 @@ impl Alert {
             incident: None,
             count: None,
             resolves: None,
+            git_ref: None,
         }
     }
 
@@ -113,6 +117,15 @@ enum Kind {
 struct Destination {
     name: String,
     kind: Kind,
+    /// The success events it opted into.
+    events: Vec<String>,
+}
+
+impl Destination {
+    /// Whether this alert goes here: every problem does, a success event only if named.
+    fn wants(&self, event: &str) -> bool {
+        !crate::settings::SUCCESS_EVENTS.contains(&event) || self.events.iter().any(|e| e == event)
+    }
 }
 
 /// The body sent to a destination.
@@ -207,20 +220,22 @@ impl Alerter {
         let mut dests = Vec::new();
         for (i, s) in cfg.webhook.iter().enumerate() {
             let key = format!("alert.webhook #{}", i + 1);
-            let v = secret_value(s, &key)?;
+            let v = secret_value(&s.url, &key)?;
             redactor.add_secret(&v);
             dests.push(Destination {
                 kind: Kind::Webhook(parse_url(&v, &key)?),
                 name: format!("webhook #{}", i + 1),
+                events: s.events.clone(),
             });
         }
         for (i, s) in cfg.slack.iter().enumerate() {
             let key = format!("alert.slack #{}", i + 1);
-            let v = secret_value(s, &key)?;
+            let v = secret_value(&s.url, &key)?;
             redactor.add_secret(&v);
             dests.push(Destination {
                 kind: Kind::Slack(parse_url(&v, &key)?),
                 name: format!("slack #{}", i + 1),
+                events: s.events.clone(),
             });
         }
         for (i, t) in cfg.telegram.iter().enumerate() {
@@ -241,6 +256,7 @@ impl Alerter {
                     chat_id: t.chat_id.clone(),
                 },
                 name: format!("telegram #{}", i + 1),
+                events: t.events.clone(),
             });
         }
         let client = reqwest::Client::builder()
@@ -264,6 +280,15 @@ impl Alerter {
     /// The names of the destinations (`slack #1`...), for messages.
     pub fn names(&self) -> Vec<String> {
         self.dests.iter().map(|d| d.name.clone()).collect()
+    }
+
+    /// The destinations this event goes to.
+    pub fn names_for(&self, event: &str) -> Vec<String> {
+        self.dests
+            .iter()
+            .filter(|d| d.wants(event))
+            .map(|d| d.name.clone())
+            .collect()
     }
 
     async fn attempt(&self, dest: &Destination, alert: &Alert) -> Attempt {
@@ -319,6 +344,9 @@ impl Alerter {
     pub async fn deliver(&self, alert: &Alert, retry: &Retry) -> Vec<String> {
         let mut set = tokio::task::JoinSet::new();
         for i in 0..self.dests.len() {
+            if !self.dests[i].wants(&alert.event) {
+                continue;
+            }
             let (me, alert, retry) = (self.clone(), alert.clone(), retry.clone());
             set.spawn(async move { me.deliver_to(i, &alert, &retry).await });
         }

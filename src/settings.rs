@@ -100,6 +100,8 @@ pub struct TelegramConfig {
     pub chat_id: String,
     /// The Bot API base URL.
     pub api_url: reqwest::Url,
+    /// The success events it also wants.
+    pub events: Vec<String>,
 }
 
 /// The heartbeat (dead man's switch) ping.
@@ -111,13 +113,25 @@ pub struct HeartbeatConfig {
     pub every: Duration,
 }
 
+/// The success events a destination may opt into; problems go to every destination.
+pub const SUCCESS_EVENTS: [&str; 3] = ["deploy_started", "deploy_succeeded", "rollback_succeeded"];
+
+/// A webhook or Slack destination.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// Its URL.
+    pub url: Secret,
+    /// The success events it also wants (`events = [...]`); problems always go.
+    pub events: Vec<String>,
+}
+
 /// `[alert]`: every destination, any number of each.
 #[derive(Debug, Clone, Default)]
 pub struct AlertConfig {
     /// Generic JSON webhooks.
-    pub webhook: Vec<Secret>,
+    pub webhook: Vec<Endpoint>,
     /// Slack incoming webhooks.
-    pub slack: Vec<Secret>,
+    pub slack: Vec<Endpoint>,
     /// Telegram bots.
     pub telegram: Vec<TelegramConfig>,
     /// The heartbeat ping of `guard watch`.
@@ -135,6 +149,7 @@ impl AlertConfig {
         self.webhook
             .iter()
             .chain(&self.slack)
+            .map(|e| &e.url)
             .chain(self.telegram.iter().map(|t| &t.token))
             .chain(self.heartbeat.iter().map(|h| &h.url))
             .filter_map(|s| match s {
@@ -301,6 +316,8 @@ struct RawUrl {
     url_file: Option<PathBuf>,
     #[serde(default, with = "humantime_serde")]
     every: Option<Duration>,
+    #[serde(default)]
+    events: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -310,6 +327,8 @@ struct RawTelegram {
     token_env: Option<String>,
     token_file: Option<PathBuf>,
     chat_id: String,
+    #[serde(default)]
+    events: Vec<String>,
     api_url: Option<String>,
 }
 
@@ -440,6 +459,20 @@ fn resolve_watch(raw: &RawWatch) -> std::result::Result<WatchConfig, String> {
     Ok(w)
 }
 
+/// `events = [...]` of one destination: only the success events may be named (problems go
+/// everywhere anyway).
+fn success_events(key: &str, events: &[String]) -> std::result::Result<Vec<String>, String> {
+    for e in events {
+        if !SUCCESS_EVENTS.contains(&e.as_str()) {
+            return Err(format!(
+                "{key}: events entry {e:?} is not one of {} (problems go to every destination)",
+                SUCCESS_EVENTS.join(", ")
+            ));
+        }
+    }
+    Ok(events.to_vec())
+}
+
 fn resolve_alert(raw: &RawAlert, base: &Path) -> std::result::Result<AlertConfig, String> {
     let urls = |key: &str, list: &[RawUrl]| {
         list.iter()
@@ -450,7 +483,10 @@ fn resolve_alert(raw: &RawAlert, base: &Path) -> std::result::Result<AlertConfig
                 if u.every.is_some() {
                     return Err(format!("{key}: `every` belongs to [alert.heartbeat]"));
                 }
-                secret(&key, &u.url, &u.url_env, &u.url_file, base)
+                Ok(Endpoint {
+                    url: secret(&key, &u.url, &u.url_env, &u.url_file, base)?,
+                    events: success_events(&key, &u.events)?,
+                })
             })
             .collect::<std::result::Result<Vec<_>, String>>()
     };
@@ -467,6 +503,7 @@ fn resolve_alert(raw: &RawAlert, base: &Path) -> std::result::Result<AlertConfig
                 return Err(format!("{key}: chat_id must not be empty"));
             }
             Ok(TelegramConfig {
+                events: success_events(&key, &t.events)?,
                 token: secret(&key, &t.token, &t.token_env, &t.token_file, base)?,
                 chat_id: t.chat_id.clone(),
                 api_url,

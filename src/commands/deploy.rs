@@ -24,6 +24,24 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &DeployArgs) -> Result<Done> {
     let taken = snapshot::take(ctx, &tools, Kind::PreDeploy, "deploy", &[]).await?;
     let id = taken.id.clone();
     ops::changing(&mut lock, Some(&id));
+    // For the destinations that asked for it: "deploying v42 to web-1".
+    let what = args
+        .git_ref
+        .as_deref()
+        .map(|r| format!("{r} "))
+        .unwrap_or_default();
+    let started = format!(
+        "deploying {what}to {} on {} (backup: incident {id})",
+        ctx.settings.app.name,
+        crate::origin::host()
+    );
+    ops::alert_event(
+        ctx,
+        "deploy_started",
+        crate::alert::Severity::Info,
+        &started,
+    )
+    .await;
     let mut data = DeployData {
         before: taken.fingerprint.clone(),
         // Known from the start: a deploy whose step fails still says how it would have gone.

@@ -135,9 +135,7 @@ pub async fn run(cli: Cli, printer: &mut Printer, cancel: Cancel) -> ExitStatus 
             let status = decide(done.happened);
             // Somebody must know: a deploy rolled back or a service left unverified is sent
             // to the alert destinations before the verdict is printed.
-            if matches!(cli.command, Command::Deploy(_) | Command::Rollback(_))
-                && matches!(status, ExitStatus::RolledBack | ExitStatus::NeedsHuman)
-            {
+            if matches!(cli.command, Command::Deploy(_) | Command::Rollback(_)) {
                 ops::alert_outcome(&mut ctx, status, &done.summary).await;
             }
             (status, ctx.printer.finish(status, &done.summary))

@@ -336,11 +336,35 @@ pub async fn save_evidence(
     }
 }
 
-/// Send a deploy's or rollback's exit-3 or exit-4 outcome to every alert destination, with
-/// a few quick retries (the operator is waiting for the verdict); one step line says where it
-/// went. Skipped under `GUARD_NO_ALERT` (set by `guard watch` for the rollback it runs and
-/// reports itself).
+/// Send a deploy's or rollback's outcome: exit 3 or 4 to every alert destination, exit 0
+/// (`deploy_succeeded`, `rollback_succeeded`) to those that opted into it.
 pub async fn alert_outcome(ctx: &mut Ctx<'_>, status: ExitStatus, summary: &str) {
+    use crate::alert::Severity;
+    let command = ctx.printer.command().to_string();
+    let (event, severity) = match (command.as_str(), status) {
+        ("deploy", ExitStatus::Success) => ("deploy_succeeded", Severity::Info),
+        ("rollback", ExitStatus::Success) => ("rollback_succeeded", Severity::Info),
+        ("deploy", ExitStatus::RolledBack) => ("deploy_rolled_back", Severity::Warning),
+        ("deploy", ExitStatus::NeedsHuman) => ("deploy_not_healthy", Severity::Critical),
+        ("rollback", ExitStatus::NeedsHuman | ExitStatus::RolledBack) => {
+            ("rollback_not_healthy", Severity::Critical)
+        }
+        _ => return,
+    };
+    let message = format!("guard {command} exit {}: {summary}", status.code());
+    alert_event(ctx, event, severity, &message).await;
+}
+
+/// Send one event to the destinations that take it, with a few quick retries (the operator
+/// is waiting); one step line says where it went. Nothing is said when no destination takes
+/// it. Skipped under `GUARD_NO_ALERT` (set by `guard watch` for the rollback it runs and
+/// reports itself).
+pub async fn alert_event(
+    ctx: &mut Ctx<'_>,
+    event: &str,
+    severity: crate::alert::Severity,
+    message: &str,
+) {
     if !ctx.settings.alert.any() || std::env::var_os("GUARD_NO_ALERT").is_some() {
         return;
     }
@@ -359,22 +383,16 @@ pub async fn alert_outcome(ctx: &mut Ctx<'_>, status: ExitStatus, summary: &str)
         }
     };
     ctx.printer.set_redactor(redactor);
-    let command = ctx.printer.report().command;
-    let (event, severity) = match (command.as_str(), status) {
-        ("deploy", ExitStatus::RolledBack) => {
-            ("deploy_rolled_back", crate::alert::Severity::Warning)
-        }
-        ("deploy", _) => ("deploy_not_healthy", crate::alert::Severity::Critical),
-        (_, _) => ("rollback_not_healthy", crate::alert::Severity::Critical),
-    };
-    let message = ctx.printer.redactor().redact(&format!(
-        "guard {command} exit {}: {summary}",
-        status.code()
-    ));
+    let names = alerter.names_for(event);
+    if names.is_empty() {
+        return;
+    }
+    let message = ctx.printer.redactor().redact(message);
     let mut alert = crate::alert::Alert::new(&ctx.settings.app.name, event, severity, message);
     alert.incident = ctx.printer.report().incident;
+    alert.git_ref = ctx.printer.git_ref();
     let failed = alerter.deliver(&alert, &crate::alert::Retry::short()).await;
-    let names = alerter.names().join(", ");
+    let names = names.join(", ");
     if failed.is_empty() {
         ctx.printer.step(
             StepName::Alert,

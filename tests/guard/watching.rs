@@ -441,3 +441,52 @@ fn memory_and_artifacts_are_one_alert_each_and_systemd_hears_ready_and_the_watch
     }
     assert!(stopping, "no STOPPING=1");
 }
+
+#[test]
+fn success_events_go_only_where_asked_and_name_the_ref() {
+    let app = App::new();
+    app.start_v1();
+    let rx = Receiver::start(0);
+    app.write_config(&format!(
+        r#"
+[[alert.webhook]]
+url = "{all}"
+events = ["deploy_started", "deploy_succeeded", "rollback_succeeded"]
+
+[[alert.webhook]]
+url = "{problems}"
+"#,
+        all = rx.url("/all"),
+        problems = rx.url("/problems"),
+    ));
+    app.release("v2", "good");
+    app.guard(&["deploy", "--ref", "v2"]).expect(0);
+    app.guard(&["rollback", "latest"]).expect(0);
+    let all: Vec<String> = rx
+        .delivered("/all")
+        .iter()
+        .map(|b| b["event"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(
+        all,
+        ["deploy_started", "deploy_succeeded", "rollback_succeeded"],
+        "{:?}",
+        rx.delivered("/all")
+    );
+    let started = &rx.events("/all", "deploy_started")[0];
+    assert_eq!(started["ref"], "v2", "{started}");
+    assert_eq!(started["severity"], "info");
+    assert!(
+        rx.delivered("/problems").is_empty(),
+        "problems only by default: {:?}",
+        rx.delivered("/problems")
+    );
+    // A name that is not a success event is refused with where it is.
+    app.write_config(&format!(
+        "\n[[alert.webhook]]\nurl = \"{}\"\nevents = [\"crash\"]\n",
+        rx.url("/x")
+    ));
+    let bad = app.guard(&["deploy"]);
+    bad.expect(2);
+    assert!(bad.stderr.contains("alert.webhook #1"), "{}", bad.stderr);
+}
