@@ -61,6 +61,8 @@ pub enum StepName {
     Alert,
     /// A deploy that stopped on an error after its snapshot.
     Deploy,
+    /// A `[hooks]` command.
+    Hook,
 }
 
 impl StepName {
@@ -86,6 +88,7 @@ impl StepName {
             StepName::Rollback => "rollback",
             StepName::Alert => "alert",
             StepName::Deploy => "deploy",
+            StepName::Hook => "hook",
         }
     }
 }

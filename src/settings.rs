@@ -42,6 +42,35 @@ pub struct Settings {
     pub watch: WatchConfig,
     /// Where alerts go.
     pub alert: AlertConfig,
+    /// Commands run at fixed points of a deploy or rollback.
+    pub hooks: HooksConfig,
+}
+
+/// `[hooks]`: shell commands run in app.dir at fixed points (`sh -c`).
+#[derive(Debug, Clone, Default)]
+pub struct HooksConfig {
+    /// After the deploy step and the release check, before the trial and any restart
+    /// (database migrations): a failure puts the files back, the running app untouched.
+    pub before_restart: Option<String>,
+    /// After a deploy verified healthy.
+    pub after_success: Option<String>,
+    /// After a deploy that failed (rolled back or not).
+    pub after_failure: Option<String>,
+    /// After a rollback: `guard rollback`, or a deploy's own.
+    pub after_rollback: Option<String>,
+    /// Limit for one hook.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHooks {
+    before_restart: Option<String>,
+    after_success: Option<String>,
+    after_failure: Option<String>,
+    after_rollback: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    timeout: Option<Duration>,
 }
 
 /// `[deploy] strategy`: how a new release replaces the running one.
@@ -56,6 +85,16 @@ pub enum Strategy {
     /// A trial on a spare port first, then delete + start: a bad release never touches the
     /// running app.
     Preflight,
+}
+
+impl std::fmt::Display for Strategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Strategy::Restart => "restart",
+            Strategy::Reload => "reload",
+            Strategy::Preflight => "preflight",
+        })
+    }
 }
 
 /// `[watch]`: the rules of `guard watch`.
@@ -288,6 +327,8 @@ struct RawConfig {
     watch: RawWatch,
     #[serde(default)]
     alert: RawAlert,
+    #[serde(default)]
+    hooks: RawHooks,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -930,6 +971,24 @@ fn resolve(raw: RawConfig, base: &Path, path: &Path) -> std::result::Result<Sett
     Ok(Settings {
         watch,
         alert,
+        hooks: {
+            let h = &raw.hooks;
+            let some = |c: &Option<String>| c.clone().filter(|c| !c.trim().is_empty());
+            let timeout = h.timeout.unwrap_or(Duration::from_secs(600));
+            in_range(&[(
+                "hooks.timeout",
+                timeout,
+                Duration::from_secs(1),
+                Duration::from_secs(24 * 3600),
+            )])?;
+            HooksConfig {
+                before_restart: some(&h.before_restart),
+                after_success: some(&h.after_success),
+                after_failure: some(&h.after_failure),
+                after_rollback: some(&h.after_rollback),
+                timeout,
+            }
+        },
         config_path: path.to_path_buf(),
         app: App {
             name,

@@ -137,6 +137,7 @@ pub async fn run(cli: Cli, printer: &mut Printer, cancel: Cancel) -> ExitStatus 
             // to the alert destinations before the verdict is printed.
             if matches!(cli.command, Command::Deploy(_) | Command::Rollback(_)) {
                 ops::alert_outcome(&mut ctx, status, &done.summary).await;
+                ops::hooks::after_run(&mut ctx, status, &done.summary).await;
             }
             (status, ctx.printer.finish(status, &done.summary))
         }

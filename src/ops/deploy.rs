@@ -122,6 +122,7 @@ pub async fn after_backup(
     go!(clean_first(ctx)?);
     go!(deploy_step_phase(ctx, tools, id, step, git_ref, data, lock).await?);
     let declared = go!(check_release(ctx, tools, id, data).await?);
+    go!(before_restart(ctx, tools, id).await?);
     let eco = super::ecosystem_path(ctx)?;
     let running = tools.pm2.instances().await?;
     go!(trial_phase(ctx, tools, id, &eco, running.is_empty(), data).await?);
@@ -269,6 +270,22 @@ async fn check_release(
             .map(Flow::Stop);
     }
     Ok(Flow::Go(declared))
+}
+
+/// `[hooks] before_restart` (database migrations): after the deploy step and the release
+/// check, before the trial and any restart. A failure puts the files back; the running app
+/// was never touched. (A rollback does not undo what it did to a database.)
+async fn before_restart(ctx: &mut Ctx<'_>, tools: &Tools, id: &str) -> Result<Flow<()>> {
+    let facts = super::hooks::Facts {
+        incident: Some(id.to_string()),
+        ..Default::default()
+    };
+    match super::hooks::run(ctx, super::hooks::Hook::BeforeRestart, &facts).await {
+        Some(Err(why)) => undo_before_restart(ctx, tools, id, &why)
+            .await
+            .map(Flow::Stop),
+        _ => Ok(Flow::Go(())),
+    }
 }
 
 /// With `preflight` or `reload`, the release is tried on a spare port first: a release that

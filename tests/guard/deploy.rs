@@ -360,3 +360,53 @@ fn a_deploy_step_that_leaves_a_background_child_holding_its_output_does_not_hold
         "{step}"
     );
 }
+
+#[test]
+fn a_failing_migration_hook_leaves_the_running_app_untouched_and_hooks_see_the_run() {
+    let app = App::new();
+    app.start_v1();
+    let pid = app.processes()[0].0;
+    let seen = app.root.path().join("hook-env");
+    // The migration prints the env file (a careless script): its secrets stay masked.
+    app.write_config(&format!(
+        "\n[hooks]\nbefore_restart = \"cat env.env; echo migration failed >&2; exit 1\"\nafter_failure = \"env | grep ^GUARD_ | sort > {}\"\n",
+        seen.display()
+    ));
+    app.release("v2", "good");
+    let run = app.guard(&["--json", "deploy", "--ref", "v2"]);
+    run.expect(3);
+    assert!(!run.all().contains(SECRET_DSN), "{}", run.all());
+    let doc = run.json();
+    let hook = doc["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "hook")
+        .unwrap();
+    assert_eq!(hook["state"], "failed", "{hook}");
+    assert!(
+        doc["data"]["verdict"].is_null(),
+        "nothing was restarted: {doc}"
+    );
+    assert_eq!(app.processes()[0].0, pid, "the same process still serves");
+    assert_eq!(app.version().as_deref(), Some("v1"));
+    let env = std::fs::read_to_string(&seen).unwrap();
+    for want in [
+        "GUARD_HOOK=after_failure",
+        "GUARD_EXIT_CODE=3",
+        "GUARD_REF=v2",
+        "GUARD_STRATEGY=restart",
+    ] {
+        assert!(env.contains(want), "{want} missing:\n{env}");
+    }
+    let incident = doc["incident"].as_str().unwrap();
+    let saved = std::fs::read_to_string(
+        app.incident_dir(incident)
+            .join("logs/hook-before_restart.log"),
+    )
+    .unwrap();
+    assert!(
+        saved.contains("migration failed") && !saved.contains(SECRET_DSN),
+        "{saved}"
+    );
+}
