@@ -11,6 +11,7 @@ mod code;
 mod commands;
 mod ecosystem;
 mod evidence;
+mod excludes;
 mod exit;
 mod git;
 mod lock;

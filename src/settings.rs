@@ -231,7 +231,7 @@ pub struct Backup {
     /// them are where secret values are learned from. Snapshots hold the whole tree.
     pub files: Vec<PathBuf>,
     /// Paths left out of snapshots and never touched by a restore.
-    pub exclude: crate::store::tree::Excludes,
+    pub exclude: crate::excludes::Excludes,
     /// The exclude patterns as written, recorded in manifests.
     pub exclude_patterns: Vec<String>,
     /// How many incidents retention keeps.
@@ -822,7 +822,7 @@ fn resolve(raw: RawConfig, base: &Path, path: &Path) -> std::result::Result<Sett
         .iter()
         .map(|f| relative_path("backup.files", f))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut exclude = crate::store::tree::Excludes::new(&raw.backup.exclude)?;
+    let mut exclude = crate::excludes::Excludes::new(&raw.backup.exclude)?;
     let keep = raw.backup.keep.unwrap_or(DEFAULT_KEEP);
     if keep == 0 {
         return Err("backup.keep must be at least 1".into());
