@@ -224,6 +224,23 @@ pub enum Reason {
     },
 }
 
+/// A runner error without its leading command line (`` `PM2_HOME=... pm2 start ...` failed
+/// (exit 1): ... `` -> `pm2 failed (exit 1): ...`): the restart step shows the command line
+/// already, and the verdict repeats it in every summary after it.
+fn without_command_line(error: &str) -> String {
+    if let Some(rest) = error.strip_prefix('`')
+        && let Some((command, after)) = rest.split_once("` ")
+    {
+        let program = command
+            .split_whitespace()
+            .find(|w| !w.contains('='))
+            .and_then(|p| p.rsplit('/').next())
+            .unwrap_or("the command");
+        return format!("{program} {after}");
+    }
+    error.to_string()
+}
+
 fn secs(ms: u64) -> f64 {
     ms as f64 / 1000.0
 }
@@ -303,7 +320,9 @@ impl fmt::Display for Reason {
             Reason::Interrupted { signal } => {
                 write!(f, "interrupted by signal {signal} during verification")
             }
-            Reason::RestartFailed { error } => write!(f, "restart failed: {error}"),
+            Reason::RestartFailed { error } => {
+                write!(f, "restart failed: {}", without_command_line(error))
+            }
             Reason::NotRestartedAfterRestore { instance } => write!(
                 f,
                 "instance {instance} was not started after the restore: the restored files are not proven to run"
@@ -402,6 +421,17 @@ impl Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_restart_is_said_once_without_the_command_line() {
+        let r = Reason::RestartFailed {
+            error: "`PM2_HOME=/root/.pm2 /usr/bin/pm2 start /srv/app/ecosystem.config.js --only api` failed (exit 1): [PM2][ERROR] Script not found".into(),
+        };
+        assert_eq!(
+            r.to_string(),
+            "restart failed: pm2 failed (exit 1): [PM2][ERROR] Script not found"
+        );
+    }
 
     #[test]
     fn reasons_say_when() {
