@@ -456,32 +456,25 @@ impl Store {
     /// uses any more. Returns the ids removed.
     pub fn prune(&self, keep: usize, protect: &[&str]) -> Result<Vec<String>> {
         let list = self.list()?;
-        let newest_good = list
+        let candidates: Vec<Candidate> = list
             .iter()
-            .find(|l| {
-                l.manifest
+            .map(|l| Candidate {
+                id: l.id.clone(),
+                created_at: l
+                    .manifest
                     .as_ref()
-                    .is_ok_and(|m| m.kind.restorable_as_latest())
+                    .ok()
+                    .and_then(|m| m.created_at.parse().ok()),
+                restorable: l
+                    .manifest
+                    .as_ref()
+                    .is_ok_and(|m| m.kind.restorable_as_latest()),
+                readable: l.manifest.is_ok(),
             })
-            .map(|l| l.id.clone());
-        let now = jiff::Timestamp::now();
+            .collect();
+        let plan = plan_prune(&candidates, keep, protect, jiff::Timestamp::now());
         let mut removed = Vec::new();
-        for listed in list.iter().skip(keep) {
-            if protect.contains(&listed.id.as_str()) || Some(&listed.id) == newest_good.as_ref() {
-                continue;
-            }
-            let young = match &listed.manifest {
-                Ok(m) => m
-                    .created_at
-                    .parse::<jiff::Timestamp>()
-                    .map(|t| now.duration_since(t) < MIN_AGE_TO_PRUNE)
-                    .unwrap_or(true),
-                // A folder without a readable manifest is kept: a human should look at it.
-                Err(_) => true,
-            };
-            if young {
-                continue;
-            }
+        for listed in list.iter().filter(|l| plan.remove.contains(&l.id)) {
             // Renamed first, so a crash half-way leaves a temporary the next sweep removes,
             // never a half-deleted incident.
             let doomed = self.dir.join(format!("{TEMP_PREFIX}pruned-{}", listed.id));
@@ -523,6 +516,79 @@ impl Store {
         }
         Ok(Some(self.objects().collect_garbage(&keep)?))
     }
+}
+
+/// One incident as retention sees it.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// Its id.
+    pub id: String,
+    /// When it was taken (None: unreadable).
+    pub created_at: Option<jiff::Timestamp>,
+    /// `latest` could pick it.
+    pub restorable: bool,
+    /// Its manifest reads.
+    pub readable: bool,
+}
+
+/// Why retention keeps an incident.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeepReason {
+    /// Among the newest `backup.keep`.
+    Newest,
+    /// Named to be kept (the target of the rollback in progress).
+    Protected,
+    /// The newest one `rollback latest` would pick.
+    NewestRestorable,
+    /// Younger than an hour.
+    Young,
+    /// Its manifest does not read: a human should look at it.
+    Unreadable,
+}
+
+/// What retention does, decided before anything is removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PrunePlan {
+    /// Kept, with why.
+    pub keep: Vec<(String, KeepReason)>,
+    /// Removed.
+    pub remove: Vec<String>,
+}
+
+/// Retention as a pure plan (restic's `ApplyPolicy`): `list` newest first; the newest `keep`
+/// stay, and beyond them every incident is removed unless protected, the newest restorable,
+/// younger than an hour at `now`, or unreadable.
+pub fn plan_prune(
+    list: &[Candidate],
+    keep: usize,
+    protect: &[&str],
+    now: jiff::Timestamp,
+) -> PrunePlan {
+    let newest_restorable = list.iter().find(|c| c.restorable).map(|c| c.id.as_str());
+    let mut plan = PrunePlan::default();
+    for (i, c) in list.iter().enumerate() {
+        let why = if i < keep {
+            Some(KeepReason::Newest)
+        } else if protect.contains(&c.id.as_str()) {
+            Some(KeepReason::Protected)
+        } else if Some(c.id.as_str()) == newest_restorable {
+            Some(KeepReason::NewestRestorable)
+        } else if !c.readable {
+            Some(KeepReason::Unreadable)
+        } else if c
+            .created_at
+            .is_none_or(|t| now.duration_since(t) < MIN_AGE_TO_PRUNE)
+        {
+            Some(KeepReason::Young)
+        } else {
+            None
+        };
+        match why {
+            Some(w) => plan.keep.push((c.id.clone(), w)),
+            None => plan.remove.push(c.id.clone()),
+        }
+    }
+    plan
 }
 
 /// A new incident being written; nothing is visible in the store until [`Draft::commit`].
@@ -808,6 +874,39 @@ fn dir_size(dir: &Path) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retention_plans_what_goes_and_why_the_rest_stays() {
+        let now: jiff::Timestamp = "2026-12-02T12:00:00Z".parse().unwrap();
+        let c = |id: &str, hours_ago: i64, restorable: bool| Candidate {
+            id: id.into(),
+            created_at: Some(now - jiff::SignedDuration::from_hours(hours_ago)),
+            restorable,
+            readable: true,
+        };
+        let list = vec![
+            c("f-newest", 0, false),
+            c("e", 1, false),
+            c("d-young", 0, false),
+            c("c-good", 5, true),
+            c("b-target", 9, true),
+            Candidate {
+                readable: false,
+                created_at: None,
+                ..c("a-broken", 10, false)
+            },
+            c("z-old", 20, true),
+        ];
+        let plan = plan_prune(&list, 2, &["b-target"], now);
+        assert_eq!(plan.remove, ["z-old"]);
+        let why = |id: &str| plan.keep.iter().find(|(k, _)| k == id).map(|(_, w)| *w);
+        assert_eq!(why("f-newest"), Some(KeepReason::Newest));
+        assert_eq!(why("e"), Some(KeepReason::Newest));
+        assert_eq!(why("d-young"), Some(KeepReason::Young));
+        assert_eq!(why("c-good"), Some(KeepReason::NewestRestorable));
+        assert_eq!(why("b-target"), Some(KeepReason::Protected));
+        assert_eq!(why("a-broken"), Some(KeepReason::Unreadable));
+    }
     use crate::origin::Origin;
 
     #[test]
