@@ -355,13 +355,19 @@ impl Watcher<'_> {
         // The rollback's own outcome alert would repeat the one sent here.
         cmd.args(args).env("GUARD_NO_ALERT", "1");
         let out = runner::run(cmd, &shown, Duration::from_secs(30 * 60), None).await;
+        // The child's `--json` document, read as the type it is (only what is needed).
+        #[derive(serde::Deserialize)]
+        struct ChildReport {
+            #[serde(default)]
+            reason: Option<String>,
+        }
         let (code, reason) = match &out {
             Ok(o) => {
-                let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
-                (
-                    o.code,
-                    doc["reason"].as_str().unwrap_or_default().to_string(),
-                )
+                let report: Option<ChildReport> = serde_json::from_slice(&o.stdout).ok();
+                let reason = report.and_then(|r| r.reason).unwrap_or_else(|| {
+                    format!("no report from the rollback (exit {:?}): {}", o.code, o.tail(3))
+                });
+                (o.code, reason)
             }
             Err(e) => (None, format!("{e:#}")),
         };
