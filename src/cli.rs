@@ -72,6 +72,10 @@ pub enum Command {
     /// (changes nothing; with --repair, stores again what the app folder still holds)
     #[command(after_help = EXIT_CODES)]
     Verify(VerifyArgs),
+    /// What changed between two incidents, or an incident and the app folder now: files
+    /// (with sizes), packages from package-lock.json, env keys (never values), the code
+    #[command(after_help = EXIT_CODES)]
+    Diff(DiffArgs),
     /// List this app's incidents (snapshots) in backup.dir, newest first
     #[command(after_help = EXIT_CODES, visible_alias = "list")]
     Incidents,
@@ -117,6 +121,7 @@ impl Command {
             Command::Health(_) => "health",
             Command::Rollback(_) => "rollback",
             Command::Verify(_) => "verify",
+            Command::Diff(_) => "diff",
             Command::Incidents => "incidents",
             Command::History(_) => "history",
             Command::Check(_) => "check",
@@ -183,6 +188,17 @@ pub struct RollbackArgs {
     /// Do not snapshot the current state first (a full disk); this rollback cannot be undone
     #[arg(long)]
     pub no_snapshot: bool,
+}
+
+/// Flags of `guard diff`.
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The incident to compare from: an id, or `latest`
+    #[arg(value_name = "ID|latest")]
+    pub from: String,
+    /// What to compare with: another incident, or `current` (the app folder now; default)
+    #[arg(value_name = "ID|current", default_value = "current")]
+    pub to: String,
 }
 
 /// Flags of `guard check`.

@@ -5,6 +5,7 @@ pub mod backup;
 pub mod check;
 pub mod clean;
 pub mod deploy;
+pub mod diff;
 pub mod health;
 pub mod history;
 pub mod init;
@@ -32,6 +33,7 @@ fn changes_things(cmd: &Command) -> bool {
         Command::Clean(a) => !a.dry_run && !a.check,
         Command::Health(_)
         | Command::Verify(_)
+        | Command::Diff(_)
         | Command::Incidents
         | Command::History(_)
         | Command::Check(_)
@@ -122,6 +124,7 @@ pub async fn run(cli: Cli, printer: &mut Printer, cancel: Cancel) -> ExitStatus 
         Command::Health(a) => health::run(&mut ctx, a).await,
         Command::Rollback(a) => rollback::run(&mut ctx, a).await,
         Command::Verify(a) => verify::run(&mut ctx, a).await,
+        Command::Diff(a) => diff::run(&mut ctx, a).await,
         Command::Incidents => list::run(&mut ctx).await,
         Command::History(a) => history::run(&mut ctx, a).await,
         Command::Check(a) => check::run(&mut ctx, a).await,

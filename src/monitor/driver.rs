@@ -4,7 +4,7 @@
 //! nothing at all while a guard run holds the app's lock. Events go to the printer and to the
 //! alert queues; an automatic rollback runs `guard rollback` as a child process.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -347,7 +347,7 @@ impl Watcher<'_> {
         start.incident = Some(t.incident.clone());
         // Sent like every event: an on-call person learns of the rollback as it starts.
         self.report(&start, summary);
-        let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("guard"));
+        let exe = own_binary();
         let config = self.settings.config_path.to_string_lossy().to_string();
         let args = ["--config", &config, "--json", "rollback", &t.incident];
         let shown = runner::display(&exe.to_string_lossy(), &args);
@@ -365,7 +365,11 @@ impl Watcher<'_> {
             Ok(o) => {
                 let report: Option<ChildReport> = serde_json::from_slice(&o.stdout).ok();
                 let reason = report.and_then(|r| r.reason).unwrap_or_else(|| {
-                    format!("no report from the rollback (exit {:?}): {}", o.code, o.tail(3))
+                    format!(
+                        "no report from the rollback (exit {:?}): {}",
+                        o.code,
+                        o.tail(3)
+                    )
                 });
                 (o.code, reason)
             }
@@ -395,6 +399,17 @@ impl Watcher<'_> {
         };
         done.incident = Some(t.incident.clone());
         self.report(&done, summary);
+    }
+}
+
+/// This program, to run `guard rollback` as a child. After an upgrade replaced the binary
+/// while the watcher runs, Linux names the old one `... (deleted)`: the new one at the same
+/// path is run instead.
+fn own_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("guard"));
+    match exe.to_str().and_then(|s| s.strip_suffix(" (deleted)")) {
+        Some(path) if Path::new(path).is_file() => PathBuf::from(path),
+        _ => exe,
     }
 }
 

@@ -3,6 +3,7 @@
 //! no command module imports another.
 
 pub mod deploy;
+pub mod diff;
 pub mod hooks;
 pub mod inspect;
 pub mod integrity;

@@ -364,3 +364,46 @@ fn a_rollback_to_an_older_incident_leaves_guards_own_config_alone() {
         "the rollback left guard.toml as it was"
     );
 }
+
+#[test]
+fn diff_names_files_packages_env_keys_and_code_never_values() {
+    let app = App::new();
+    app.start_v1();
+    let first = app.backup_id();
+    // A new env key (its value is never shown), a lockfile, a new release.
+    std::fs::write(
+        app.dir.join("env.env"),
+        app.read("env.env") + "NEW_TOKEN=s3cr3t-value-123\n",
+    )
+    .unwrap();
+    std::fs::write(
+        app.dir.join("package-lock.json"),
+        r#"{"packages":{"":{"name":"demo"},"node_modules/express":{"version":"4.19.0"}}}"#,
+    )
+    .unwrap();
+    app.release("v2", "good");
+    app.guard(&["deploy"]).expect(0);
+    let run = app.guard(&["--json", "diff", &first]);
+    run.expect(0);
+    assert!(!run.all().contains("s3cr3t-value-123"), "{}", run.all());
+    let d = &run.json()["data"];
+    let paths = |key: &str| -> Vec<String> {
+        d["files"][key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f[0].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(paths("changed").contains(&"release.json".to_string()), "{d}");
+    assert!(paths("added").contains(&"package-lock.json".to_string()), "{d}");
+    assert_eq!(d["env_keys"][0]["added"], serde_json::json!(["NEW_TOKEN"]), "{d}");
+    assert_eq!(d["packages"][0]["name"], "express", "{d}");
+    assert_eq!(d["packages"][0]["to"], "4.19.0", "{d}");
+    assert_ne!(d["code"][0], d["code"][1], "{d}");
+    // Between two snapshots too.
+    let second = app.backup_id();
+    let text = app.guard(&["diff", &first, &second]);
+    text.expect(0);
+    assert!(text.stdout.contains("package   express - -> 4.19.0"), "{}", text.stdout);
+}
