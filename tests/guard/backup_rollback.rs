@@ -395,9 +395,19 @@ fn diff_names_files_packages_env_keys_and_code_never_values() {
             .map(|f| f[0].as_str().unwrap().to_string())
             .collect()
     };
-    assert!(paths("changed").contains(&"release.json".to_string()), "{d}");
-    assert!(paths("added").contains(&"package-lock.json".to_string()), "{d}");
-    assert_eq!(d["env_keys"][0]["added"], serde_json::json!(["NEW_TOKEN"]), "{d}");
+    assert!(
+        paths("changed").contains(&"release.json".to_string()),
+        "{d}"
+    );
+    assert!(
+        paths("added").contains(&"package-lock.json".to_string()),
+        "{d}"
+    );
+    assert_eq!(
+        d["env_keys"][0]["added"],
+        serde_json::json!(["NEW_TOKEN"]),
+        "{d}"
+    );
     assert_eq!(d["packages"][0]["name"], "express", "{d}");
     assert_eq!(d["packages"][0]["to"], "4.19.0", "{d}");
     assert_ne!(d["code"][0], d["code"][1], "{d}");
@@ -405,5 +415,9 @@ fn diff_names_files_packages_env_keys_and_code_never_values() {
     let second = app.backup_id();
     let text = app.guard(&["diff", &first, &second]);
     text.expect(0);
-    assert!(text.stdout.contains("package   express - -> 4.19.0"), "{}", text.stdout);
+    assert!(
+        text.stdout.contains("package   express - -> 4.19.0"),
+        "{}",
+        text.stdout
+    );
 }
