@@ -13,6 +13,8 @@
 //!     logs/                            evidence of a failed verification
 //! ```
 
+pub mod apply;
+pub mod compare;
 pub mod manifest;
 pub mod objects;
 pub mod tree;
