@@ -1,20 +1,7 @@
 //! Bad input that guard refuses before it would run node or pm2: every case exits 2 with a
 //! message that says what and where, and changes nothing.
 
-use crate::support::App;
-
-#[track_caller]
-fn refused(app: &App, args: &[&str], says: &str) {
-    let before = app.state();
-    let run = app.guard(args);
-    run.expect(2);
-    assert!(
-        run.stderr.contains(says),
-        "stderr should mention {says:?}:\n{}",
-        run.stderr
-    );
-    assert_eq!(app.state(), before, "nothing may change");
-}
+use crate::support::{App, refused};
 
 #[test]
 fn malformed_config_and_unknown_keys_are_usage_errors_naming_file_and_line() {

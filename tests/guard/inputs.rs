@@ -1,19 +1,6 @@
 //! Bad input: every case exits 2 with a message that says what and where, and changes nothing.
 
-use crate::support::App;
-
-#[track_caller]
-fn refused(app: &App, args: &[&str], says: &str) {
-    let before = app.state();
-    let run = app.guard(args);
-    run.expect(2);
-    assert!(
-        run.stderr.contains(says),
-        "stderr should mention {says:?}:\n{}",
-        run.stderr
-    );
-    assert_eq!(app.state(), before, "nothing may change");
-}
+use crate::support::{App, refused};
 
 #[test]
 fn bad_incident_ids_are_usage_errors() {

@@ -120,6 +120,20 @@ impl Run {
     }
 }
 
+/// Bad input: `args` exits 2, stderr mentions `says`, and nothing changed.
+#[track_caller]
+pub fn refused(app: &App, args: &[&str], says: &str) {
+    let before = app.state();
+    let run = app.guard(args);
+    run.expect(2);
+    assert!(
+        run.stderr.contains(says),
+        "stderr should mention {says:?}:\n{}",
+        run.stderr
+    );
+    assert_eq!(app.state(), before, "nothing may change");
+}
+
 /// Which bundled app a test runs (examples/fixture.sh sets it up).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fixture {
