@@ -61,12 +61,21 @@ impl Side {
         if *size > 64 * 1024 * 1024 {
             return None;
         }
-        let path = if self.live {
-            ctx.settings.app.dir.join(rel)
+        let mut file = if self.live {
+            // Beneath app.dir, never through a symlink: the app's user may have swapped one in.
+            crate::beneath::Root::open(&ctx.settings.app.dir)
+                .ok()?
+                .open_file(rel)
+                .ok()?
         } else {
-            ctx.store.objects().path(hash)
+            crate::store::objects::open_nofollow(&ctx.store.objects().path(hash)).ok()?
         };
-        std::fs::read(path).ok()
+        if !file.metadata().is_ok_and(|m| m.is_file()) {
+            return None;
+        }
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(&mut file, *size), &mut bytes).ok()?;
+        Some(bytes)
     }
 }
 
