@@ -67,10 +67,11 @@ pub fn collect(instances: &[Instance], redactor: &Redactor, since: &Offsets) -> 
     tails
 }
 
-/// At most `n` lines that explain a failure: the first error as Node prints it (`Error: ...`,
-/// `Error [ERR_MODULE_NOT_FOUND]: ...`) with its first two stack frames, then the last lines
-/// that say something; without such an error, the last lines. Other stack frames are left to
-/// the saved file.
+/// At most `n` lines that explain a failure: the line the app wrote just before its first error
+/// (apps log their cause, "cannot connect to ...", then throw), the first error as Node prints
+/// it (`Error: ...`, `Error [ERR_MODULE_NOT_FOUND]: ...`) with its first two stack frames, then
+/// the last lines that say something; without such an error, the last lines. Other stack
+/// frames are left to the saved file.
 pub fn excerpt(text: &str, n: usize) -> Vec<&str> {
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     let frame = |l: &&str| l.trim_start().starts_with("at ");
@@ -78,7 +79,15 @@ pub fn excerpt(text: &str, n: usize) -> Vec<&str> {
         let said: Vec<&str> = lines.iter().filter(|l| !frame(l)).copied().collect();
         return said[said.len().saturating_sub(n)..].to_vec();
     };
-    let mut out = vec![lines[first_error]];
+    let mut out = Vec::new();
+    if let Some(cause) = first_error
+        .checked_sub(1)
+        .map(|i| lines[i])
+        .filter(|l| !frame(l))
+    {
+        out.push(cause);
+    }
+    out.push(lines[first_error]);
     out.extend(
         lines[first_error + 1..]
             .iter()
@@ -159,14 +168,21 @@ mod tests {
     #[test]
     fn the_excerpt_shows_the_error_that_explains_a_failure_not_only_the_last_lines() {
         let text = "starting\nError: Cannot find module './dist/instrument.cjs'\n    at Module._resolveFilename (node:internal)\n    at Module._load (node:internal)\n    at more (x)\n    at more (y)\n{ code: 'MODULE_NOT_FOUND' }\nline a\nline b\nline c\nline d\nline e\nline f\n";
-        let shown = excerpt(text, 6);
+        let shown = excerpt(text, 7);
+        // The app's last words before the error, then the error with two frames.
+        assert_eq!(shown[0], "starting");
         assert_eq!(
-            shown[0],
+            shown[1],
             "Error: Cannot find module './dist/instrument.cjs'"
         );
-        assert!(shown[1].contains("_resolveFilename") && shown[2].contains("_load"));
-        assert_eq!(shown.len(), 6);
-        assert_eq!(shown[5], "line f");
+        assert!(shown[2].contains("_resolveFilename") && shown[3].contains("_load"));
+        assert_eq!(shown.len(), 7);
+        assert_eq!(shown[6], "line f");
+        // An error on the first line has no cause line before it.
+        assert_eq!(excerpt("Error: x
+  at a
+last
+", 5), ["Error: x", "  at a", "last"]);
         // Without an error, the last lines that say something.
         assert_eq!(excerpt("a\n  at x\nb\nc\n", 2), ["b", "c"]);
     }
