@@ -10,7 +10,8 @@
 #
 # Verification settings come from the environment: STABLE_FOR (3s), DEADLINE (20s),
 # TIMEOUT (2s), INTERVAL (250ms). INSTANCES=N (N > 1) runs the demo app in cluster mode with N
-# instances; STRATEGY sets [deploy] strategy (restart, reload, preflight).
+# instances, EXEC_MODE=cluster with one; STRATEGY sets [deploy] strategy (restart, reload,
+# preflight, switch: the [switch] table is the caller's).
 #
 # Leaves: ROOT/origin.git, ROOT/upstream (a developer's clone: commit and push releases there),
 # ROOT/app (the server's checkout, app.dir), ROOT/app/env.env, ROOT/guard.toml. Starts nothing.
@@ -46,8 +47,8 @@ git init -q --bare -b main "$root/origin.git"
 git clone -q "$root/origin.git" "$root/upstream" 2>/dev/null
 cp -R "$src/." "$root/upstream/"
 rm "$root/upstream/env.env.example"
-if [ "${INSTANCES:-1}" != 1 ]; then
-  sed -i "s/exec_mode: 'fork'/exec_mode: 'cluster'/; s/instances: 1,/instances: ${INSTANCES},/" "$root/upstream/ecosystem.config.js"
+if [ "${INSTANCES:-1}" != 1 ] || [ "${EXEC_MODE:-}" = cluster ]; then
+  sed -i "s/exec_mode: 'fork'/exec_mode: 'cluster'/; s/instances: 1,/instances: ${INSTANCES:-1},/" "$root/upstream/ecosystem.config.js"
 fi
 (cd "$root/upstream" && git checkout -q -b main && git add -A && git_q commit -qm "release v1" && git push -q origin main)
 git clone -q "$root/origin.git" "$root/app"

@@ -27,6 +27,18 @@ if ! cmp -s examples/ansible/requirements.txt "$stamp" 2>/dev/null; then
 fi
 target/ansible-venv/bin/ansible-playbook --version | head -n 1
 
+echo "==> nginx for the switch tests (Debian's nginx-light when missing)"
+if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light >/dev/null
+  else
+    echo "error: nginx is needed by the switch tests: run \`sudo apt-get install -y nginx-light\`" >&2
+    exit 1
+  fi
+fi
+"$(command -v nginx || echo /usr/sbin/nginx)" -v
+
 echo "==> cargo fmt --check"
 cargo fmt --check
 

@@ -1,7 +1,8 @@
 //! The rules of `guard check`, as pure functions over what was found: each gives a verdict
 //! of ok, warn or fail with a one-line fix. What they look at is gathered by
-//! `ops::preflight`; `guard deploy` refuses on a fail and prints the warnings.
+//! `ops::inspect`; `guard deploy` refuses on a fail and prints the warnings.
 
+use crate::settings::Strategy;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -134,6 +135,40 @@ pub fn sentry(dsn_set: bool, flag: Option<(&str, Option<&str>)>) -> Check {
     }
 }
 
+/// Whether a deploy of this app drops requests, and what avoids it: `reload` needs PM2's
+/// cluster mode (one instance is enough), `switch` a proxy; `restart` and `preflight` leave a
+/// fork-mode app down while it starts.
+pub fn downtime(strategy: Strategy, exec_mode: Option<&str>) -> Check {
+    let cluster = exec_mode.is_some_and(|m| m.starts_with("cluster"));
+    match (strategy, cluster) {
+        (Strategy::Switch, _) => Check::ok(
+            "downtime",
+            "strategy switch: a release takes traffic only once it is verified on the idle port",
+        ),
+        (Strategy::Reload, true) => Check::ok(
+            "downtime",
+            "strategy reload: PM2 replaces the cluster instances one at a time",
+        ),
+        (Strategy::Reload, false) => Check::warn(
+            "downtime",
+            "strategy reload on a fork-mode app: PM2's reload of a fork process is a plain restart, and requests fail while it starts",
+            "set exec_mode: 'cluster' in the ecosystem file (instances: 1 is enough), or use strategy = \"switch\" behind nginx",
+        ),
+        (s, true) => Check::ok(
+            "downtime",
+            format!(
+                "strategy {s}: the app is down while it starts; strategy = \"reload\" replaces its cluster instances one at a time"
+            ),
+        ),
+        (s, false) => Check::ok(
+            "downtime",
+            format!(
+                "strategy {s}: the app is down while it starts at each deploy; exec_mode: 'cluster' with instances: 1 and strategy = \"reload\" avoids it, or strategy = \"switch\" behind nginx"
+            ),
+        ),
+    }
+}
+
 /// A file holding secrets must not be readable by other users.
 pub fn private_file(id: &'static str, what: &str, mode: u32) -> Check {
     if mode & 0o004 != 0 {
@@ -169,6 +204,18 @@ mod tests {
     use super::*;
 
     const S30: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn downtime_names_what_avoids_it() {
+        use Level::*;
+        let level = |s, m| downtime(s, m).level;
+        assert_eq!(level(Strategy::Reload, Some("fork_mode")), Warn);
+        assert_eq!(level(Strategy::Reload, Some("cluster_mode")), Ok);
+        assert_eq!(level(Strategy::Switch, None), Ok);
+        let c = downtime(Strategy::Restart, Some("fork"));
+        assert_eq!(c.level, Ok);
+        assert!(c.message.contains("instances: 1"), "{}", c.message);
+    }
 
     #[test]
     fn the_incidents_pm2_settings_before_and_after_its_fix() {

@@ -179,10 +179,16 @@ mod tests {
         assert_eq!(shown.len(), 7);
         assert_eq!(shown[6], "line f");
         // An error on the first line has no cause line before it.
-        assert_eq!(excerpt("Error: x
+        assert_eq!(
+            excerpt(
+                "Error: x
   at a
 last
-", 5), ["Error: x", "  at a", "last"]);
+",
+                5
+            ),
+            ["Error: x", "  at a", "last"]
+        );
         // Without an error, the last lines that say something.
         assert_eq!(excerpt("a\n  at x\nb\nc\n", 2), ["b", "c"]);
     }

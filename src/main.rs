@@ -22,6 +22,7 @@ mod output;
 mod pm2;
 mod pm2log;
 mod probe;
+mod proxy;
 mod redact;
 mod resources;
 mod runner;
@@ -29,6 +30,7 @@ mod sdnotify;
 mod settings;
 mod signals;
 mod store;
+mod switch;
 mod verdict;
 mod verify;
 

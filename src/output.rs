@@ -47,6 +47,14 @@ pub enum StepName {
     Reload,
     /// pm2 delete + start.
     Restart,
+    /// `switch`: starting a release beside the live one, on the idle port.
+    Start,
+    /// `switch`: pointing the proxy at another port.
+    Switch,
+    /// `switch`: stopping the release the proxy no longer sends traffic to.
+    Stop,
+    /// `switch`: keeping the previous release warm for an instant rollback.
+    Keep,
     /// The verification of what was started.
     Verify,
     /// `pm2 save`.
@@ -81,6 +89,10 @@ impl StepName {
             StepName::Preflight => "preflight",
             StepName::Reload => "reload",
             StepName::Restart => "restart",
+            StepName::Start => "start",
+            StepName::Switch => "switch",
+            StepName::Stop => "stop",
+            StepName::Keep => "keep",
             StepName::Verify => "verify",
             StepName::Pm2Save => "pm2 save",
             StepName::Running => "running",

@@ -12,10 +12,13 @@ use serde::Deserialize;
 use crate::exit::usage;
 
 mod alert;
+mod switch;
 mod watch;
 
 pub use alert::{AlertConfig, SUCCESS_EVENTS, Secret};
 use alert::{RawAlert, resolve_alert};
+pub use switch::{Proxy, SwitchConfig};
+use switch::{RawSwitch, resolve_switch};
 pub use watch::WatchConfig;
 use watch::{RawWatch, resolve_watch};
 
@@ -38,6 +41,8 @@ pub struct Settings {
     pub port_env: String,
     /// The port of the preflight trial; a free one when unset.
     pub trial_port: Option<u16>,
+    /// The ports and the proxy of `strategy = "switch"` (set exactly then).
+    pub switch: Option<SwitchConfig>,
     /// How health is probed and judged.
     pub health: Health,
     /// How PM2 is reached.
@@ -93,6 +98,9 @@ pub enum Strategy {
     /// A trial on a spare port first, then delete + start: a bad release never touches the
     /// running app.
     Preflight,
+    /// Behind a reverse proxy: the release starts beside the running one on the idle one of
+    /// two ports, is verified there, and only then does the proxy send traffic to it.
+    Switch,
 }
 
 impl std::fmt::Display for Strategy {
@@ -101,6 +109,7 @@ impl std::fmt::Display for Strategy {
             Strategy::Restart => "restart",
             Strategy::Reload => "reload",
             Strategy::Preflight => "preflight",
+            Strategy::Switch => "switch",
         })
     }
 }
@@ -236,6 +245,8 @@ struct RawConfig {
     alert: RawAlert,
     #[serde(default)]
     hooks: RawHooks,
+    #[serde(default)]
+    switch: RawSwitch,
 }
 
 /// Every (key, value, min, max) within its bounds, or an error naming the first that is not:
@@ -637,6 +648,16 @@ fn resolve(raw: RawConfig, base: &Path, path: &Path) -> std::result::Result<Sett
             "check.sentry_flag {flag:?} must be an env variable name like \"SENTRY_ENABLED\""
         ));
     }
+    let strategy = raw.deploy.strategy.unwrap_or(Strategy::Restart);
+    let switch = match strategy {
+        Strategy::Switch => Some(resolve_switch(&raw.switch, &name, base)?),
+        _ if raw.switch.is_set() => {
+            return Err(format!(
+                "[switch] is set but deploy.strategy is \"{strategy}\": set strategy = \"switch\" to deploy through the proxy, or remove [switch]"
+            ));
+        }
+        _ => None,
+    };
     let watch = resolve_watch(&raw.watch)?;
     let alert = resolve_alert(&raw.alert, base)?;
     // guard's own config, and the files it reads secrets from, are never captured or
@@ -700,9 +721,10 @@ fn resolve(raw: RawConfig, base: &Path, path: &Path) -> std::result::Result<Sett
             .chain(raw.redact.readable.iter().cloned())
             .collect(),
         deploy_command: raw.deploy.command.filter(|c| !c.trim().is_empty()),
-        strategy: raw.deploy.strategy.unwrap_or(Strategy::Restart),
+        strategy,
         port_env,
         trial_port: raw.deploy.preflight_port,
+        switch,
         health: Health {
             url,
             timeout: h.timeout,

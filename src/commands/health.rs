@@ -157,8 +157,14 @@ fn matching_incident(seen: &Observed) -> Option<&str> {
 /// The detail lines, then the incident report's status block.
 fn render(ctx: &Ctx<'_>, tools: &Tools, seen: &Observed, judged: &Assessment) {
     let p = &ctx.printer;
+    // Under `switch` the live process is one of two, named by its port.
+    let live = if tools.pm2.name() == ctx.settings.app.name {
+        String::new()
+    } else {
+        format!(", live process {}", tools.pm2.name())
+    };
     p.line(format!(
-        "app        {} (PM2_HOME {})",
+        "app        {}{live} (PM2_HOME {})",
         ctx.settings.app.name,
         tools.pm2.home().display()
     ));
@@ -383,7 +389,7 @@ fn summary(ctx: &Ctx<'_>, tools: &Tools, seen: &Observed, judged: &Assessment) -
             tools.pm2.home().display()
         )
     } else if seen.instances.is_empty() {
-        format!("app {} is not known to PM2; {probe}", ctx.settings.app.name)
+        format!("app {} is not known to PM2; {probe}", tools.pm2.name())
     } else {
         format!("PM2 status {}; {probe}", states())
     };

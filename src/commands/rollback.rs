@@ -37,6 +37,8 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &RollbackArgs) -> Result<Done> {
     }
     let tools = ctx.tools()?;
     let mut lock = ops::lock(ctx).await?;
+    // A previous release kept warm past its time (`strategy = "switch"`) is stopped first.
+    ops::switch::expire(ctx, &tools).await?;
     // `latest` after a deploy that died before it changed anything: that run left nothing
     // to undo, and the newest snapshot is older than what runs now. Say so, restore nothing.
     // After a dead rollback (or backup, or clean) the operator still means to go back: the

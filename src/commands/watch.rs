@@ -9,6 +9,8 @@ use crate::exit::{Happened, usage};
 use crate::monitor::driver::Watcher;
 use crate::ops::{self, Ctx};
 use crate::output::fmt_duration;
+use crate::pm2::Pm2;
+use crate::probe::Prober;
 use crate::sdnotify::Notifier;
 
 /// `guard watch`.
@@ -58,10 +60,23 @@ pub async fn run(ctx: &mut Ctx<'_>) -> Result<Done> {
     let queues = (!alerter.is_empty()).then(|| alerter.spawn_queues(Retry::watch()));
     let printer = &*ctx.printer;
     let mut show = |a: &crate::alert::Alert| printer.event(a);
+    // Under `switch` each deploy or rollback may move the app to its other process.
+    let store_dir = ctx.store.dir().to_path_buf();
+    let settings = ctx.settings.clone();
+    let mut live = move || {
+        ops::switch::live_tools(&settings, &store_dir)
+            .ok()
+            .map(|t| (t.pm2, t.prober))
+    };
     let watcher = Watcher {
         settings: &ctx.settings,
         pm2: tools.pm2,
         prober: tools.prober,
+        live: ctx
+            .settings
+            .switch
+            .is_some()
+            .then_some(&mut live as &mut dyn FnMut() -> Option<(Pm2, Prober)>),
         queues,
         heartbeat,
         cancel: ctx.cancel.clone(),

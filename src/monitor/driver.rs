@@ -36,6 +36,9 @@ pub struct Watcher<'a> {
     pub pm2: Pm2,
     /// The health probe.
     pub prober: Prober,
+    /// Under `switch`: PM2 and the prober aimed at whichever process is live now, asked again
+    /// after every guard run.
+    pub live: Option<&'a mut dyn FnMut() -> Option<(Pm2, Prober)>>,
     /// Alert delivery, when destinations are configured.
     pub queues: Option<Queues>,
     /// The heartbeat ping.
@@ -249,6 +252,10 @@ impl Watcher<'_> {
                     if paused {
                         // A deploy or rollback just ended: what runs now is the new normal.
                         paused = false;
+                        if let Some((pm2, prober)) = self.live.as_mut().and_then(|f| f()) {
+                            self.pm2 = pm2;
+                            self.prober = prober;
+                        }
                         let list = instances(&self.pm2).await?;
                         // An instance that run started afresh was verified with no restart:
                         // any restart it has now is a crash after that verdict, and news.

@@ -99,8 +99,10 @@ pub async fn check_inputs(ctx: &mut Ctx<'_>, tools: &Tools) -> Result<()> {
     // `guard check`'s failures refuse the deploy before anything changes (among them the
     // incident's defaults on an app whose script lies in dist/); its warnings are shown.
     super::inspect::deploy_gate(ctx, tools).await?;
-    if ctx.settings.strategy != Strategy::Restart {
-        super::trial::check_port(ctx)?;
+    match ctx.settings.strategy {
+        Strategy::Restart => {}
+        Strategy::Switch => super::switch::check_port(ctx, tools).await?,
+        Strategy::Reload | Strategy::Preflight => super::trial::check_port(ctx)?,
     }
     Ok(())
 }
@@ -119,10 +121,16 @@ pub async fn after_backup(
         git_ref,
         no_rollback,
     } = request;
+    // A previous release kept warm past its time is stopped before anything else.
+    super::switch::expire(ctx, tools).await?;
     go!(clean_first(ctx)?);
     go!(deploy_step_phase(ctx, tools, id, step, git_ref, data, lock).await?);
     let declared = go!(check_release(ctx, tools, id, data).await?);
     go!(before_restart(ctx, tools, id).await?);
+    if ctx.settings.strategy == Strategy::Switch {
+        // The release is verified on the idle port before it takes traffic: no trial.
+        return super::switch::deploy(ctx, tools, id, data).await;
+    }
     let eco = super::ecosystem_path(ctx)?;
     let running = tools.pm2.instances().await?;
     go!(trial_phase(ctx, tools, id, &eco, running.is_empty(), data).await?);
@@ -539,7 +547,7 @@ async fn deploy_step(
 
 /// Before any restart: put the whole tree back (a half-built dist/ included), leave the
 /// running process alone, and check it.
-async fn undo_before_restart(
+pub(super) async fn undo_before_restart(
     ctx: &mut Ctx<'_>,
     tools: &Tools,
     id: &str,

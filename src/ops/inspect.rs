@@ -144,6 +144,9 @@ pub async fn run(ctx: &Ctx<'_>, tools: &Tools, pm2_calls: bool) -> Inspection {
                 settings.check.max_restarts,
                 settings.check.min_uptime,
             ));
+            found
+                .checks
+                .push(checks::downtime(settings.strategy, d.exec_mode.as_deref()));
             found.declared = Some(d);
         }
         // pm2 is a node script: without node nothing can be started, and a deploy would

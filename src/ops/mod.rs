@@ -11,6 +11,7 @@ pub mod restart;
 pub mod restore;
 pub mod snapshot;
 pub mod status;
+pub mod switch;
 pub mod trial;
 
 use crate::code::Code;
@@ -58,6 +59,10 @@ pub struct Tools {
 impl Ctx<'_> {
     /// PM2 and the prober for these settings; a missing pm2 is a usage error (nothing changed).
     pub fn tools(&self) -> Result<Tools> {
+        if self.settings.switch.is_some() {
+            // Two processes take turns: the live one is what the proxy sends traffic to.
+            return switch::live_tools(&self.settings, self.store.dir());
+        }
         Ok(Tools {
             pm2: Pm2::new(&self.settings)?,
             prober: Prober::new(&self.settings.health)?,

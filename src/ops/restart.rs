@@ -225,8 +225,15 @@ pub async fn save_step(ctx: &mut Ctx<'_>, tools: &Tools) {
     let saved: Vec<String> = crate::pm2::dump_entries(&tools.pm2.home().join("dump.pm2"))
         .map(|d| d.into_iter().map(|(name, _)| name).collect())
         .unwrap_or_default();
+    // The app's own processes (its switch slots too) come and go with guard's own runs.
+    let app = &ctx.settings.app.name;
+    let own = |n: &String| match &ctx.settings.switch {
+        Some(sw) => crate::switch::is_own(app, sw.ports, n),
+        None => n == app,
+    };
+    let saved: Vec<String> = saved.into_iter().filter(|n| !own(n)).collect();
     // Only a saved list with other apps needs PM2's whole list (a pm2 call).
-    if saved.iter().any(|n| n != &ctx.settings.app.name) {
+    if !saved.is_empty() {
         let running: Vec<String> = match tools.pm2.jlist().await {
             Ok(list) => list.into_iter().map(|i| i.name).collect(),
             Err(e) => {

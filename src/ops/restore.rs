@@ -256,11 +256,25 @@ pub async fn restore_and_restart(
     tools: &Tools,
     target: &Verified,
 ) -> Result<Verdict> {
+    if ctx.settings.strategy == crate::settings::Strategy::Switch {
+        // Behind the proxy: the failing release serves until the previous one is proven.
+        return super::switch::roll_back(ctx, tools, target).await;
+    }
     let restored = put_back(ctx, target).await?;
     // The restored files go to disk while the app starts and is verified, not before.
     let dir = ctx.settings.app.dir.clone();
     let flush = tokio::task::spawn_blocking(move || tree::sync_fs(&dir));
-    let offsets = match restart::restart(ctx, tools, None).await {
+    // Under `reload` the restored release rolls in one instance at a time, as a deploy would.
+    let start = if reload_fits(ctx, tools).await {
+        Start::Existing
+    } else {
+        Start::Fresh
+    };
+    let replaced = match start {
+        Start::Existing => restart::reload(ctx, tools).await,
+        Start::Fresh => restart::restart(ctx, tools, None).await,
+    };
+    let offsets = match replaced {
         Ok(o) => o,
         Err(v) => {
             let _ = flush.await;
@@ -268,7 +282,7 @@ pub async fn restore_and_restart(
         }
     };
     let never = crate::signals::Cancel::never();
-    let rules = restart::rules(ctx, Start::Fresh);
+    let rules = restart::rules(ctx, start);
     let printer = &*ctx.printer;
     let verdict = crate::verify::verify(
         &tools.pm2,
@@ -289,8 +303,40 @@ pub async fn restore_and_restart(
     Ok(verdict)
 }
 
+/// Whether a restore can be put in service by PM2's rolling reload: `strategy = "reload"`
+/// and nothing the reload would leave unchanged (script, mode, instances) differs.
+async fn reload_fits(ctx: &mut Ctx<'_>, tools: &Tools) -> bool {
+    if ctx.settings.strategy != crate::settings::Strategy::Reload {
+        return false;
+    }
+    let Ok(eco) = super::ecosystem_path(ctx) else {
+        return false;
+    };
+    let running = tools.pm2.instances().await.unwrap_or_default();
+    let declared = crate::ecosystem::check(
+        &eco,
+        &ctx.settings.app.name,
+        tools.pm2.install_root().as_deref(),
+    )
+    .await
+    .ok()
+    .flatten();
+    match restart::reload_blocker(&running, declared.as_ref(), &eco) {
+        None => true,
+        Some(why) => {
+            ctx.printer.step(
+                StepName::Reload,
+                StepState::Warn,
+                std::time::Duration::ZERO,
+                format!("not possible: {why}; pm2 delete + start instead"),
+            );
+            false
+        }
+    }
+}
+
 /// A healthy verdict after a restore stands only if what runs is what was restored.
-fn prove(ctx: &Ctx<'_>, mut verdict: Verdict, restored: &Restored) -> Result<Verdict> {
+pub(super) fn prove(ctx: &Ctx<'_>, mut verdict: Verdict, restored: &Restored) -> Result<Verdict> {
     if !verdict.healthy {
         return Ok(verdict);
     }

@@ -61,9 +61,10 @@ pub async fn gather(ctx: &mut Ctx<'_>, tools: &Tools) -> Result<Observed> {
     let since = jiff::Timestamp::now()
         .checked_sub(jiff::SignedDuration::try_from(window).unwrap_or_default())
         .unwrap_or_default();
-    let recent_crashes = crate::pm2log::crashes_since(pm2.home(), &ctx.settings.app.name, since);
+    // The process PM2 knows it as (under `switch`, the live one of two).
+    let recent_crashes = crate::pm2log::crashes_since(pm2.home(), pm2.name(), since);
     let saved_in_dump = crate::pm2::dump_entries(&pm2.home().join("dump.pm2"))
-        .is_ok_and(|d| d.iter().any(|(n, _)| n == &ctx.settings.app.name));
+        .is_ok_and(|d| d.iter().any(|(n, _)| n == pm2.name()));
     let declared = match super::ecosystem_path(ctx) {
         Ok(e) => ecosystem::check(&e, &ctx.settings.app.name, pm2.install_root().as_deref())
             .await

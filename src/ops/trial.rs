@@ -26,13 +26,13 @@ use crate::verify::rules::Start;
 /// Appended to the app's name for its trial process.
 pub const SUFFIX: &str = "-guard-trial";
 
-/// The loader PM2 starts the trial from: it loads the app's own ecosystem file as PM2 does
-/// (no value of it is copied to disk) and changes only the name, the port, the instance
-/// count, restarts and log files.
-const LOADER: &str = r#"// Written by guard for a preflight trial and removed after it.
+/// The loader PM2 starts a trial (or a `switch` slot) from: it loads the app's own ecosystem
+/// file as PM2 does (no value of it is copied to disk) and changes only the name, the port
+/// and, for a trial, the instance count, restarts and log files.
+const LOADER: &str = r#"// Written by guard for a trial or a switch slot, and removed once PM2 has read it.
 const fs = require('fs');
 const path = require('path');
-const [f, name, trial, portEnv, port, pm2Root] = __GUARD_ARGS__;
+const [f, name, newName, portEnv, port, pm2Root, trial] = __GUARD_ARGS__;
 let c;
 if (/\.json$/.test(f)) {
   c = require('vm').runInThisContext('(' + fs.readFileSync(f, 'utf8') + ')', { filename: f, timeout: 1000 });
@@ -44,23 +44,78 @@ if (/\.json$/.test(f)) {
 const apps = Array.isArray(c) ? c : (c && c.apps ? [].concat(c.apps) : []);
 const a = Object.assign({}, apps.find((x) => x && x.name === name));
 const dir = path.dirname(f);
-a.name = trial;
+a.name = newName;
 a.cwd = a.cwd ? path.resolve(dir, a.cwd) : dir;
 if (typeof a.script === 'string' && fs.existsSync(path.resolve(a.cwd, a.script))) {
   a.script = path.resolve(a.cwd, a.script);
 }
 a.env = Object.assign({}, a.env || {}, { [portEnv]: String(port) });
-a.instances = 1;
-// Fork mode even for a cluster app: PM2 loses a cluster worker's output when it dies while
-// loading, and that output is the evidence of a failed trial.
-a.exec_mode = 'fork';
-// A crash is the verdict: PM2 must not restart the trial.
-a.autorestart = false;
 a.watch = false;
-// Its own log files and pid file, never the app's.
-for (const k of ['out_file', 'error_file', 'log_file', 'output', 'error', 'log', 'pid_file', 'pid']) delete a[k];
+if (trial) {
+  a.instances = 1;
+  // Fork mode even for a cluster app: PM2 loses a cluster worker's output when it dies while
+  // loading, and that output is the evidence of a failed trial.
+  a.exec_mode = 'fork';
+  // A crash is the verdict: PM2 must not restart the trial.
+  a.autorestart = false;
+  // Its own log files and pid file, never the app's.
+  for (const k of ['out_file', 'error_file', 'log_file', 'output', 'error', 'log', 'pid_file', 'pid']) delete a[k];
+} else {
+  // A switch slot serves: the app's own settings, and its name as the namespace, so
+  // `pm2 logs <app>` still finds whichever slot is live.
+  a.namespace = name;
+  for (const k of ['pid_file', 'pid']) delete a[k];
+}
 module.exports = { apps: [a] };
 "#;
+
+/// What a loader starts: the app of `ecosystem` as `new_name` on `port`.
+pub struct Loader<'a> {
+    /// The app's ecosystem file.
+    pub ecosystem: &'a Path,
+    /// The app's name in it.
+    pub app: &'a str,
+    /// The PM2 name of the process started.
+    pub new_name: &'a str,
+    /// Its port.
+    pub port: u16,
+    /// A trial (fork, one instance, never restarted, its own logs) or a slot that serves.
+    pub trial: bool,
+}
+
+impl Loader<'_> {
+    /// Write the loader into a new folder of backup.dir (removed when the guard is dropped).
+    pub fn write(&self, ctx: &Ctx<'_>, tools: &Tools) -> Result<(tempfile::TempDir, PathBuf)> {
+        let dir = tempfile::Builder::new()
+            .prefix(&trial_dir_prefix(&ctx.settings.app.name))
+            .tempdir_in(ctx.store.dir())
+            .with_context(|| {
+                format!(
+                    "creating a folder for the loader in {}",
+                    ctx.store.dir().display()
+                )
+            })?;
+        let loader: PathBuf = dir.path().join(format!("{}.config.cjs", self.new_name));
+        let args = serde_json::json!([
+            self.ecosystem,
+            self.app,
+            self.new_name,
+            ctx.settings.port_env,
+            self.port,
+            tools.pm2.install_root(),
+            self.trial,
+        ]);
+        crate::atomic::write(
+            &loader,
+            LOADER
+                .replace("__GUARD_ARGS__", &args.to_string())
+                .as_bytes(),
+            0o600,
+        )
+        .with_context(|| format!("writing {}", loader.display()))?;
+        Ok((dir, loader))
+    }
+}
 
 /// A free TCP port on 127.0.0.1 (the kernel's choice).
 /// A configured `deploy.preflight_port` must be free before anything changes: a port in use
@@ -78,16 +133,16 @@ pub fn check_port(ctx: &Ctx<'_>) -> Result<()> {
     Ok(())
 }
 
-fn free_port() -> Result<u16> {
+pub(super) fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
     Ok(l.local_addr()?.port())
 }
 
 /// Deletes the trial if guard dies; killed once guard has deleted it itself.
-struct Reaper(Option<std::process::Child>);
+pub(super) struct Reaper(Option<std::process::Child>);
 
 impl Reaper {
-    fn start(pm2: &Pm2, trial: &str) -> Reaper {
+    pub(super) fn start(pm2: &Pm2, trial: &str) -> Reaper {
         let script = r#"while kill -0 "$1" 2>/dev/null; do sleep 0.5; done; exec "$2" delete "$3""#;
         let mut cmd = std::process::Command::new("sh");
         cmd.args(["-c", script, "guard-trial-reaper"])
@@ -164,32 +219,14 @@ pub async fn run(ctx: &mut Ctx<'_>, tools: &Tools, ecosystem: &Path, id: &str) -
         Some(p) => p,
         None => free_port()?,
     };
-    let dir = tempfile::Builder::new()
-        .prefix(&trial_dir_prefix(&name))
-        .tempdir_in(ctx.store.dir())
-        .with_context(|| {
-            format!(
-                "creating a folder for the trial in {}",
-                ctx.store.dir().display()
-            )
-        })?;
-    let loader: PathBuf = dir.path().join(format!("{trial_name}.config.cjs"));
-    let args = serde_json::json!([
+    let (_dir, loader) = Loader {
         ecosystem,
-        name,
-        trial_name,
-        ctx.settings.port_env,
+        app: &name,
+        new_name: &trial_name,
         port,
-        tools.pm2.install_root(),
-    ]);
-    crate::atomic::write(
-        &loader,
-        LOADER
-            .replace("__GUARD_ARGS__", &args.to_string())
-            .as_bytes(),
-        0o600,
-    )
-    .with_context(|| format!("writing {}", loader.display()))?;
+        trial: true,
+    }
+    .write(ctx, tools)?;
 
     let mut health = ctx.settings.health.clone();
     let _ = health.url.set_port(Some(port));

@@ -672,7 +672,8 @@ fn sort_key(id: &str) -> (String, u32) {
 
 /// Read a small file guard wrote, refusing links and anything that is not a regular file
 /// (a FIFO would hang the read).
-fn read_small(path: &Path) -> std::io::Result<Vec<u8>> {
+/// A small regular file of backup.dir, never through a symlink, at most 16 MiB read.
+pub fn read_small(path: &Path) -> std::io::Result<Vec<u8>> {
     let f = objects::open_nofollow(path)?;
     let meta = f.metadata()?;
     if !meta.is_file() {

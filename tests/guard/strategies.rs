@@ -81,6 +81,23 @@ fn reload_puts_a_good_release_and_its_env_in_place_without_a_failed_request() {
         "{before:?} -> {after:?}"
     );
     assert!(no_trial_left(&app));
+
+    // A rollback honours the strategy: v1 rolls back in one instance at a time.
+    let poller = Poller::start(app.port);
+    let run = app.guard(&["--json", "rollback", "latest"]);
+    let (total, failed) = poller.stop();
+    run.expect(0);
+    assert!(
+        failed.is_empty(),
+        "rollback: {} of {total} requests failed: {failed:?}",
+        failed.len()
+    );
+    let steps = run.json()["steps"].to_string();
+    assert!(
+        steps.contains("\"reload\"") && !steps.contains("\"restart\""),
+        "{steps}"
+    );
+    assert!(answers(&app).values().all(|(v, _)| v == "v1"));
 }
 
 #[test]
@@ -170,4 +187,23 @@ fn the_trial_never_outlives_guard_even_after_kill_9() {
     );
     // The running app was never touched.
     assert_eq!(app.version().as_deref(), Some("v1"));
+}
+
+#[test]
+fn reload_of_a_single_cluster_instance_drops_no_request() {
+    // PM2's cluster mode with one instance: zero downtime for a plain Node server, no proxy.
+    let app = App::one_cluster_instance("reload");
+    app.start_v1();
+    app.release("v2", "good");
+    let poller = Poller::start(app.port);
+    let run = app.guard(&["--json", "deploy"]);
+    let (total, failed) = poller.stop();
+    run.expect(0);
+    assert!(
+        failed.is_empty(),
+        "{} of {total} requests failed: {failed:?}",
+        failed.len()
+    );
+    assert!(run.json()["steps"].to_string().contains("\"reload\""));
+    assert_eq!(app.version().as_deref(), Some("v2"));
 }

@@ -195,6 +195,16 @@ impl App {
         )
     }
 
+    /// The demo app as one instance in PM2's cluster mode (what `reload` needs for zero
+    /// downtime without a proxy), with `[deploy] strategy` set; not started.
+    pub fn one_cluster_instance(strategy: &str) -> App {
+        App::create_with(
+            Fixture::Demo,
+            "",
+            &[("STRATEGY", strategy), ("EXEC_MODE", "cluster")],
+        )
+    }
+
     fn create(fixture: Fixture, extra_health: &str) -> App {
         App::create_with(fixture, extra_health, &[])
     }

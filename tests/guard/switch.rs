@@ -1,0 +1,177 @@
+//! `strategy = "switch"`: a fork-mode app behind a real nginx, a client polling through nginx
+//! every 50 ms with a new connection through good and bad deploys and rollbacks.
+
+use std::time::{Duration, Instant};
+
+use crate::nginx::Nginx;
+use crate::support::*;
+
+/// The version nginx's upstream answers with.
+fn through(nginx: &Nginx) -> Option<String> {
+    let (status, body) = http_get(nginx.port, "/health")?;
+    if status != 200 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(body.trim()).ok()?;
+    v["version"].as_str().map(String::from)
+}
+
+fn names(app: &App) -> Vec<String> {
+    let out = app.pm2(&["jlist"]);
+    let list: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    let mut names: Vec<String> = list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["name"].as_str().map(String::from))
+        .collect();
+    names.sort();
+    names
+}
+
+fn assert_no_failure(poller: Poller, what: &str) {
+    let (total, failed) = poller.stop();
+    assert!(total > 5, "{what}: only {total} requests");
+    assert!(
+        failed.is_empty(),
+        "{what}: {} of {total} requests through nginx failed: {failed:?}",
+        failed.len()
+    );
+}
+
+#[test]
+fn good_and_bad_releases_and_rollbacks_switch_through_nginx_without_a_failed_request() {
+    let app = App::with_strategy("switch", 1);
+    let other = free_port();
+    let nginx = Nginx::start(app.root.path(), app.name, app.port);
+    app.write_config(&nginx.switch_config([app.port, other], "1s", "10m"));
+    app.start_v1();
+    assert_eq!(through(&nginx).as_deref(), Some("v1"));
+
+    // A good release: started on the idle port, verified, switched to; v1 kept warm.
+    app.release("v2", "good");
+    let poller = Poller::start(nginx.port);
+    let run = app.guard(&["deploy"]);
+    assert_no_failure(poller, "good deploy");
+    run.expect(0);
+    assert!(
+        run.stdout.contains("traffic to demo-backend-"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(through(&nginx).as_deref(), Some("v2"));
+    let slot = format!("{}-{other}", app.name);
+    assert_eq!(names(&app), vec![app.name.to_string(), slot.clone()]);
+    let upstream = std::fs::read_to_string(&nginx.upstream).unwrap();
+    assert!(
+        upstream.contains(&format!("server 127.0.0.1:{other};")),
+        "{upstream}"
+    );
+    // The live process is found by the app's name: health looks at it.
+    let health = app.guard(&["health"]);
+    health.expect(0);
+    assert!(health.stdout.contains(&slot), "{}", health.stdout);
+
+    // Instant rollback: back to v1, still warm, without a start.
+    let poller = Poller::start(nginx.port);
+    let t = Instant::now();
+    let run = app.guard(&["rollback", "latest"]);
+    assert_no_failure(poller, "rollback within keep_previous");
+    run.expect(0);
+    assert_eq!(through(&nginx).as_deref(), Some("v1"));
+    assert!(!run.stdout.contains("ok    start"), "{}", run.stdout);
+    assert!(run.stdout.contains("ok    switch"), "{}", run.stdout);
+    assert!(t.elapsed() < Duration::from_secs(20));
+    assert!(app.read("release.json").contains("v1"));
+    assert_eq!(names(&app), vec![app.name.to_string()]);
+
+    // A release that crashes at start never takes a request.
+    app.release("v3", "crash-at-start");
+    let poller = Poller::start(nginx.port);
+    let run = app.guard(&["deploy"]);
+    assert_no_failure(poller, "crashing deploy");
+    run.expect(3);
+    assert!(
+        run.stdout.contains("before taking traffic"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(through(&nginx).as_deref(), Some("v1"));
+    assert_eq!(names(&app), vec![app.name.to_string()]);
+
+    // A failing `nginx -t`: the upstream file is put back, the running version serves.
+    app.release("v4", "good");
+    let good = std::fs::read_to_string(&app.config).unwrap();
+    app.edit_config(" -t -q\"", " -t -q -c /nonexistent.conf\"");
+    let before = std::fs::read_to_string(&nginx.upstream).unwrap();
+    let poller = Poller::start(nginx.port);
+    let run = app.guard(&["deploy"]);
+    assert_no_failure(poller, "failing nginx -t");
+    run.expect(3);
+    assert!(
+        run.stdout.contains("the proxy was not switched"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(std::fs::read_to_string(&nginx.upstream).unwrap(), before);
+    assert_eq!(through(&nginx).as_deref(), Some("v1"));
+    assert_eq!(names(&app), vec![app.name.to_string()]);
+
+    // After keep_previous: a rollback starts the previous release beside the live one.
+    std::fs::write(
+        &app.config,
+        good.replace("keep_previous = \"10m\"", "keep_previous = \"1s\""),
+    )
+    .unwrap();
+    let run = app.guard(&["deploy"]);
+    run.expect(0);
+    assert_eq!(through(&nginx).as_deref(), Some("v4"));
+    std::thread::sleep(Duration::from_millis(1200));
+    let poller = Poller::start(nginx.port);
+    let run = app.guard(&["rollback", "latest"]);
+    assert_no_failure(poller, "rollback after keep_previous");
+    run.expect(0);
+    assert!(run.stdout.contains("ok    start"), "{}", run.stdout);
+    assert_eq!(through(&nginx).as_deref(), Some("v1"));
+    assert_eq!(names(&app).len(), 1, "{:?}", names(&app));
+}
+
+#[test]
+fn a_guard_killed_between_start_and_switch_leaves_the_live_release_serving_alone() {
+    let app = App::with_strategy("switch", 1);
+    let other = free_port();
+    let nginx = Nginx::start(app.root.path(), app.name, app.port);
+    app.write_config(&nginx.switch_config([app.port, other], "0s", "10m"));
+    // A long stable window, so guard is killed while the new release is verified.
+    app.edit_config("stable_for = \"1s\"", "stable_for = \"20s\"");
+    app.start_v1();
+    app.release("v2", "good");
+    let slot = format!("{}-{other}", app.name);
+    let poller = Poller::start(nginx.port);
+    let bg = app.spawn_guard(&["deploy"]);
+    assert!(
+        wait_until(Duration::from_secs(15), || names(&app).contains(&slot)),
+        "the new release never started"
+    );
+    bg.signal(libc::SIGKILL);
+    assert_eq!(bg.finish(Duration::from_secs(5)).code, 137);
+    // The reaper deletes what was never switched to; the proxy never moved.
+    assert!(
+        wait_until(Duration::from_secs(8), || !names(&app).contains(&slot)),
+        "{:?}",
+        names(&app)
+    );
+    assert_eq!(through(&nginx).as_deref(), Some("v1"));
+    assert!(
+        !std::fs::read_to_string(&nginx.upstream)
+            .unwrap()
+            .contains("guard")
+    );
+    // The next run takes over the lock and deploys.
+    app.edit_config("stable_for = \"20s\"", "stable_for = \"1s\"");
+    let run = app.guard(&["deploy"]);
+    assert_no_failure(poller, "kill -9 and the next deploy");
+    run.expect(0);
+    assert_eq!(through(&nginx).as_deref(), Some("v2"));
+}
