@@ -4,8 +4,9 @@
 #   bench/run.sh verdicts   the incident report's manual procedure vs `guard deploy`, five releases
 #   bench/run.sh tree       whole-tree snapshots and restores on a 27,000-file, 500 MB tree,
 #                           vs `cp -a` and Capistrano-style release folders
-#   bench/run.sh strategies restart vs preflight vs reload: failed requests of a 50 ms poller
-#                           through deploys of a good, a crashing and a failing release
+#   bench/run.sh strategies restart vs preflight vs reload vs switch (behind nginx): failed
+#                           requests of a 50 ms poller through deploys of a good, a crashing and
+#                           a failing release, and through a rollback (time to v1 answering)
 #   bench/run.sh esm        an ESM release that throws at import (PM2 keeps it online): failed
 #                           requests and time to verdict with guard's load-error rule on and off,
 #                           beside a CommonJS crash
