@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # guard's whole test suite on a fresh machine with Rust, Node.js/npm and Python 3: installs the
 # pinned pm2 locally (tests/node, no global install, no sudo) and ansible-core into a
-# virtualenv (target/ansible-venv), checks format and lints, runs the unit tests and the
+# virtualenv (target/ansible-venv), nginx and promtool (Debian packages, as root) when missing,
+# checks format and lints, runs the unit tests and the
 # integration tests against real PM2, git, HTTP on 127.0.0.1 and Ansible, checks that the
 # portable build needs glibc 2.17 at most, and runs the README's demo.
 set -euo pipefail
@@ -27,17 +28,23 @@ if ! cmp -s examples/ansible/requirements.txt "$stamp" 2>/dev/null; then
 fi
 target/ansible-venv/bin/ansible-playbook --version | head -n 1
 
-echo "==> nginx for the switch tests (Debian's nginx-light when missing)"
-if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+# nginx (the switch tests put a real one in front of the app) and promtool (the metrics test
+# checks guard watch --metrics with it): Debian's packages, installed when missing.
+echo "==> nginx and promtool (Debian's nginx-light and prometheus when missing)"
+missing=()
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   else
-    echo "error: nginx is needed by the switch tests: run \`sudo apt-get install -y nginx-light\`" >&2
+    echo "error: the tests need ${missing[*]}: run \`sudo apt-get install -y ${missing[*]}\`" >&2
     exit 1
   fi
 fi
 "$(command -v nginx || echo /usr/sbin/nginx)" -v
+promtool --version 2>&1 | head -n 1
 
 echo "==> cargo fmt --check"
 cargo fmt --check

@@ -363,16 +363,29 @@ impl Alerter {
 
     /// A queue per destination, delivered in order in the background: a slow or failing
     /// destination neither delays the watcher nor reorders another's alerts.
-    pub fn spawn_queues(&self, retry: Retry) -> Queues {
+    pub fn spawn_queues(
+        &self,
+        retry: Retry,
+        tally: Option<std::sync::Arc<crate::metrics::Deliveries>>,
+    ) -> Queues {
         let mut senders = Vec::new();
         let mut tasks = Vec::new();
         for i in 0..self.dests.len() {
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Alert>();
             let me = self.clone();
             let retry = retry.clone();
+            let tally = tally.clone();
             tasks.push(tokio::spawn(async move {
+                use std::sync::atomic::Ordering::Relaxed;
                 while let Some(alert) = rx.recv().await {
-                    if let Err(e) = me.deliver_to(i, &alert, &retry).await {
+                    let delivered = me.deliver_to(i, &alert, &retry).await;
+                    if let Some(t) = &tally {
+                        match delivered {
+                            Ok(_) => t.sent.fetch_add(1, Relaxed),
+                            Err(_) => t.failed.fetch_add(1, Relaxed),
+                        };
+                    }
+                    if let Err(e) = &delivered {
                         tracing::warn!("alert {} not delivered: {e:#}", alert.event);
                     }
                 }

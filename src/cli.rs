@@ -94,13 +94,23 @@ pub enum Command {
     /// deploy when [watch] rollback_within is set. Never takes the deploy lock; stops on
     /// SIGTERM with exit 0
     #[command(after_help = EXIT_CODES)]
-    Watch,
+    Watch(WatchArgs),
     /// Print a shell completion script: `guard completions bash > /etc/bash_completion.d/guard`
     #[command(after_help = EXIT_CODES)]
     Completions(CompletionsArgs),
     /// Print the man page (roff): `guard man > /usr/local/share/man/man1/guard.1`
     #[command(after_help = EXIT_CODES)]
     Man,
+}
+
+/// Flags of `guard watch`.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Serve Prometheus metrics on this address (`GET /metrics`), e.g. 127.0.0.1:9464:
+    /// instances online, restarts, crash episodes, health probe result and latency, the last
+    /// deploy, alerts sent and failed
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
 }
 
 /// Flags of `guard completions`.
@@ -126,7 +136,7 @@ impl Command {
             Command::History(_) => "history",
             Command::Check(_) => "check",
             Command::Init(_) => "init",
-            Command::Watch => "watch",
+            Command::Watch(_) => "watch",
             Command::Completions(_) => "completions",
             Command::Man => "man",
         }

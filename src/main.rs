@@ -15,6 +15,7 @@ mod excludes;
 mod exit;
 mod git;
 mod lock;
+mod metrics;
 mod monitor;
 mod ops;
 mod origin;

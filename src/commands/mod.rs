@@ -37,7 +37,7 @@ fn changes_things(cmd: &Command) -> bool {
         | Command::Incidents
         | Command::History(_)
         | Command::Check(_)
-        | Command::Watch
+        | Command::Watch(_)
         | Command::Completions(_)
         | Command::Man
         | Command::Init(_) => false,
@@ -128,7 +128,7 @@ pub async fn run(cli: Cli, printer: &mut Printer, cancel: Cancel) -> ExitStatus 
         Command::Incidents => list::run(&mut ctx).await,
         Command::History(a) => history::run(&mut ctx, a).await,
         Command::Check(a) => check::run(&mut ctx, a).await,
-        Command::Watch => watch::run(&mut ctx).await,
+        Command::Watch(a) => watch::run(&mut ctx, a).await,
         Command::Init(_) | Command::Completions(_) | Command::Man => {
             unreachable!("handled before the config is read")
         }

@@ -5,16 +5,19 @@ use anyhow::Result;
 
 use super::Done;
 use crate::alert::{Alerter, Heartbeat, Retry};
+use crate::cli::WatchArgs;
 use crate::exit::{Happened, usage};
+use crate::metrics::{self, Deliveries, Shared};
 use crate::monitor::driver::Watcher;
 use crate::ops::{self, Ctx};
 use crate::output::fmt_duration;
 use crate::pm2::Pm2;
 use crate::probe::Prober;
 use crate::sdnotify::Notifier;
+use std::sync::Arc;
 
 /// `guard watch`.
-pub async fn run(ctx: &mut Ctx<'_>) -> Result<Done> {
+pub async fn run(ctx: &mut Ctx<'_>, args: &WatchArgs) -> Result<Done> {
     let tools = ctx.tools()?;
     // The ecosystem's env block holds secrets too: masked in every event and alert.
     if let Ok(eco) = ops::ecosystem_path(ctx) {
@@ -36,6 +39,26 @@ pub async fn run(ctx: &mut Ctx<'_>) -> Result<Done> {
     let heartbeat =
         Heartbeat::new(&ctx.settings.alert, &mut redactor).map_err(|e| usage(format!("{e:#}")))?;
     ctx.printer.set_redactor(redactor);
+    // A metrics address that cannot be listened on is a usage error, before watching starts.
+    let deliveries = Arc::new(Deliveries::default());
+    let shared: Option<Shared> = match &args.metrics {
+        None => None,
+        Some(addr) => {
+            let shared = Shared::default();
+            let bound = metrics::serve(
+                addr,
+                ctx.settings.app.name.clone(),
+                shared.clone(),
+                deliveries.clone(),
+            )
+            .await
+            .map_err(|e| usage(format!("{e:#}")))?;
+            ctx.printer.line(format!(
+                "metrics on http://{bound}/metrics (Prometheus text)"
+            ));
+            Some(shared)
+        }
+    };
     let w = &ctx.settings.watch;
     let dests = if alerter.is_empty() {
         "no alert destinations (events are printed only)".to_string()
@@ -57,7 +80,8 @@ pub async fn run(ctx: &mut Ctx<'_>) -> Result<Done> {
             .map(|r| format!(", rolls back a deploy failing within {}", fmt_duration(r)))
             .unwrap_or_default(),
     ));
-    let queues = (!alerter.is_empty()).then(|| alerter.spawn_queues(Retry::watch()));
+    let queues = (!alerter.is_empty())
+        .then(|| alerter.spawn_queues(Retry::watch(), Some(deliveries.clone())));
     let printer = &*ctx.printer;
     let mut show = |a: &crate::alert::Alert| printer.event(a);
     // Under `switch` each deploy or rollback may move the app to its other process.
@@ -78,6 +102,7 @@ pub async fn run(ctx: &mut Ctx<'_>) -> Result<Done> {
             .is_some()
             .then_some(&mut live as &mut dyn FnMut() -> Option<(Pm2, Prober)>),
         queues,
+        metrics: shared,
         heartbeat,
         cancel: ctx.cancel.clone(),
         show: &mut show,

@@ -41,6 +41,8 @@ pub struct Watcher<'a> {
     pub live: Option<&'a mut dyn FnMut() -> Option<(Pm2, Prober)>>,
     /// Alert delivery, when destinations are configured.
     pub queues: Option<Queues>,
+    /// What `--metrics` serves, kept up to date as the watcher goes.
+    pub metrics: Option<crate::metrics::Shared>,
     /// The heartbeat ping.
     pub heartbeat: Option<Heartbeat>,
     /// Stop signal.
@@ -149,8 +151,44 @@ impl Watcher<'_> {
         a
     }
 
+    /// Update the metrics, if they are served.
+    fn metrics(&self, f: impl FnOnce(&mut crate::metrics::Metrics)) {
+        if let Some(m) = &self.metrics {
+            f(&mut m.lock().unwrap_or_else(|e| e.into_inner()));
+        }
+    }
+
+    /// What PM2 showed, into the metrics.
+    fn seen(&self, list: &[Instance]) {
+        self.metrics(|m| {
+            m.instances = list.len() as u64;
+            m.online = list.iter().filter(|i| i.status == "online").count() as u64;
+            m.restarts = list.iter().map(|i| i.restarts).sum();
+        });
+    }
+
+    /// The app's last deploy from the audit log, into the metrics.
+    fn last_deploy(&self) {
+        if self.metrics.is_none() {
+            return;
+        }
+        let Ok(entries) = audit::read(&self.settings.backup.dir, AUDIT_LOOKBACK) else {
+            return;
+        };
+        let last = entries
+            .iter()
+            .rev()
+            .find(|e| e.app.as_deref() == Some(self.settings.app.name.as_str()) && e.is_deploy())
+            .and_then(|e| {
+                let t: jiff::Timestamp = e.time.parse().ok()?;
+                Some((t.as_millisecond() as f64 / 1000.0, e.exit_code == 0))
+            });
+        self.metrics(|m| m.last_deploy = last);
+    }
+
     fn report(&mut self, alert: &Alert, summary: &mut Summary) {
         summary.events += 1;
+        self.metrics(|m| *m.events.entry(alert.event.clone()).or_default() += 1);
         (self.show)(alert);
         if let Some(q) = &self.queues {
             q.send(alert);
@@ -180,11 +218,13 @@ impl Watcher<'_> {
         let mut next_jlist = Instant::now();
         if !paused {
             let list = instances(&self.pm2).await?;
+            self.seen(&list);
             monitor.baseline(&list, t0.elapsed());
             watched = watched_of(&list);
             target = last_good_deploy(self.settings);
             next_jlist = Instant::now() + pm2_every;
         }
+        self.last_deploy();
         if let Some(n) = &notifier {
             n.send("READY=1");
         }
@@ -216,6 +256,12 @@ impl Watcher<'_> {
                     if !paused {
                         tracing::debug!(outcome = %probe.outcome, "probe");
                         monitor.on_probe(&probe.outcome, t0.elapsed());
+                        self.metrics(|m| {
+                            m.probes += 1;
+                            m.probes_failed += u64::from(!probe.outcome.passed());
+                            m.probe_passed = Some(probe.outcome.passed());
+                            m.probe_seconds = probe.latency.as_secs_f64();
+                        });
                     }
                     probe_fut = Box::pin(probe_after(
                         self.prober.clone(),
@@ -257,6 +303,7 @@ impl Watcher<'_> {
                             self.prober = prober;
                         }
                         let list = instances(&self.pm2).await?;
+            self.seen(&list);
                         // An instance that run started afresh was verified with no restart:
                         // any restart it has now is a crash after that verdict, and news.
                         let as_started: Vec<Instance> = list
@@ -273,6 +320,7 @@ impl Watcher<'_> {
                         monitor.on_instances(&list, t0.elapsed());
                         watched = watched_of(&list);
                         target = last_good_deploy(self.settings);
+                        self.last_deploy();
                         next_jlist = Instant::now() + pm2_every;
                     } else if let Some(change) = crate::verify::pid_change(watched.iter()) {
                         // Read again: a run that took the lock a moment ago explains the change.
@@ -287,6 +335,7 @@ impl Watcher<'_> {
                         next_jlist = next_jlist.min(Instant::now() + TICK);
                     } else if Instant::now() >= next_jlist {
                         let list = instances(&self.pm2).await?;
+            self.seen(&list);
                         if lock::held_by_live_run(&backup_dir, &app) {
                             continue;
                         }
@@ -314,8 +363,10 @@ impl Watcher<'_> {
                 if age <= within {
                     self.roll_back(&t, age, &mut summary).await;
                     summary.rollbacks += 1;
+                    self.metrics(|m| m.rollbacks += 1);
                     monitor.rolled_back();
                     let list = instances(&self.pm2).await?;
+                    self.seen(&list);
                     monitor.baseline(&list, t0.elapsed());
                     watched = watched_of(&list);
                     next_jlist = Instant::now() + pm2_every;

@@ -87,7 +87,21 @@ fn a_killed_process_is_one_crash_alert_everywhere_then_recovered_and_a_deploy_is
     app.start_v1();
     let rx = Receiver::start(0);
     app.write_config(&watch_config(&rx, ""));
-    let watch = spawn_watch(&app, &rx);
+    let metrics_port = free_port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let watch = app.spawn(guard_cmd(&app, &rx, &["watch", "--metrics", &metrics_addr]));
+    let scrape = || {
+        http_get(metrics_port, "/metrics")
+            .filter(|(status, _)| *status == 200)
+            .map(|(_, body)| body)
+            .unwrap_or_default()
+    };
+    let sample = |text: &str, name: &str| -> Option<f64> {
+        let prefix = format!("{name}{{app=\"{}\"}} ", app.name);
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.parse().ok())
+    };
     assert!(
         wait_until(Duration::from_secs(10), || rx
             .requests()
@@ -97,6 +111,15 @@ fn a_killed_process_is_one_crash_alert_everywhere_then_recovered_and_a_deploy_is
             >= 2),
         "no heartbeat: {:?}",
         rx.requests()
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let t = scrape();
+            sample(&t, "guard_instances_online") == Some(1.0)
+                && sample(&t, "guard_health_probe_success") == Some(1.0)
+        }),
+        "{}",
+        scrape()
     );
 
     // A guard deploy restarts the app: that is not a crash.
@@ -157,6 +180,25 @@ fn a_killed_process_is_one_crash_alert_everywhere_then_recovered_and_a_deploy_is
     assert_eq!(tg.len(), 2, "{tg:?}");
     assert_eq!(tg[0]["chat_id"], "-1001");
     assert_no_secret(&rx);
+
+    // The metrics saw it too, and promtool takes them as valid Prometheus text.
+    let text = scrape();
+    assert_eq!(
+        sample(&text, "guard_crash_episodes_total"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "guard_last_deploy_success"),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        sample(&text, "guard_alerts_sent_total").unwrap_or(0.0) >= 6.0,
+        "{text}"
+    );
+    assert!(!text.contains(SECRET_DSN));
+    promtool_check(&text);
 
     let run = stop(watch);
     run.expect(0);
@@ -489,4 +531,36 @@ url = "{problems}"
     let bad = app.guard(&["deploy"]);
     bad.expect(2);
     assert!(bad.stderr.contains("alert.webhook #1"), "{}", bad.stderr);
+}
+
+/// `promtool check metrics` (Debian's prometheus package; `scripts/test.sh` installs it) on
+/// the scraped text: the format and Prometheus' naming rules.
+fn promtool_check(text: &str) {
+    use std::io::Write;
+    let promtool = ["/usr/bin/promtool", "/usr/local/bin/promtool"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or_else(|| {
+            panic!("promtool is needed to check guard watch --metrics: run `apt-get install -y prometheus` (scripts/test.sh does it as root)")
+        });
+    let mut child = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
