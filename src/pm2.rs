@@ -54,6 +54,30 @@ pub struct Instance {
     pub running: Running,
 }
 
+impl Instance {
+    /// PM2 shows it serving (`online`).
+    pub fn is_online(&self) -> bool {
+        self.status == "online"
+    }
+
+    /// Not failed: online, or PM2 is starting it (`launching`). The one rule of "up" that
+    /// verification and `guard watch` share.
+    pub fn is_up(&self) -> bool {
+        status_is_up(&self.status)
+    }
+}
+
+/// Whether a PM2 status is "up": online, or being started (`launching`).
+pub fn status_is_up(status: &str) -> bool {
+    matches!(status, "online" | "launching")
+}
+
+/// At least one instance, and every one online: what "running" means for a health check or a
+/// release kept warm.
+pub fn all_online(list: &[Instance]) -> bool {
+    !list.is_empty() && list.iter().all(Instance::is_online)
+}
+
 /// The settings a running process has in PM2: they change only at a (re)start, whatever the
 /// ecosystem and env files say meanwhile. No env value is kept but on/off switches.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

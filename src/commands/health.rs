@@ -123,7 +123,7 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &HealthArgs) -> Result<Done> {
 
 fn uptime_ms(i: &Instance, now_ms: i64) -> Option<u64> {
     i.started_at_ms
-        .filter(|_| i.status == "online")
+        .filter(|_| i.is_online())
         .map(|s| u64::try_from(now_ms - s).unwrap_or(0))
 }
 

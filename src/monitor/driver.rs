@@ -162,7 +162,7 @@ impl Watcher<'_> {
     fn seen(&self, list: &[Instance]) {
         self.metrics(|m| {
             m.instances = list.len() as u64;
-            m.online = list.iter().filter(|i| i.status == "online").count() as u64;
+            m.online = list.iter().filter(|i| i.is_online()).count() as u64;
             m.restarts = list.iter().map(|i| i.restarts).sum();
         });
     }

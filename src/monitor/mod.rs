@@ -274,10 +274,6 @@ pub struct Monitor {
     events: Vec<Event>,
 }
 
-fn is_up(status: &str) -> bool {
-    status == "online" || status == "launching"
-}
-
 impl Monitor {
     /// A monitor with these limits; feed it [`Monitor::baseline`] first.
     pub fn new(limits: Limits) -> Monitor {
@@ -377,7 +373,7 @@ impl Monitor {
         } else {
             instances
                 .iter()
-                .find(|i| !is_up(&i.status))
+                .find(|i| !i.is_up())
                 .map(|i| (Some(i.pm_id), i.status.clone(), i.restarts))
         };
         if let Some((instance, status, restarts)) = down {
@@ -540,7 +536,7 @@ impl Monitor {
             && self
                 .known
                 .values()
-                .all(|k| is_up(&k.status) && k.pid.is_some());
+                .all(|k| crate::pm2::status_is_up(&k.status) && k.pid.is_some());
         if let Some(ep) = &self.episode
             && all_up
             && now.saturating_sub(ep.last_restart) >= self.limits.recover_after

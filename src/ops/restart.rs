@@ -283,7 +283,7 @@ pub async fn check_running(ctx: &mut Ctx<'_>, tools: &Tools) -> bool {
     let t = Instant::now();
     let probe = tools.prober.probe().await;
     let instances = tools.pm2.instances().await.unwrap_or_default();
-    let online = !instances.is_empty() && instances.iter().all(|i| i.status == "online");
+    let online = crate::pm2::all_online(&instances);
     let healthy = online && probe.outcome.passed();
     let detail = format!(
         "running version untouched: {} instance(s) {}, {}",

@@ -174,12 +174,12 @@ pub fn assess(o: &Observed, loop_restarts: u32) -> Assessment {
     let crash_looping = o
         .recent_crashes
         .is_some_and(|n| n >= u64::from(loop_restarts));
-    let online = !instances.is_empty() && instances.iter().all(|i| i.status == "online");
+    let online = crate::pm2::all_online(&instances);
     let passed = o.probe.outcome.passed();
     let healthy = online && passed && !crash_looping;
     let status = if healthy {
         Word::Healthy
-    } else if instances.iter().any(|i| i.status == "online") || passed {
+    } else if instances.iter().any(Instance::is_online) || passed {
         Word::Degraded
     } else {
         Word::Down
@@ -240,7 +240,7 @@ pub fn assess(o: &Observed, loop_restarts: u32) -> Assessment {
 
     let stable = !instances.is_empty()
         && instances.iter().all(|i| {
-            i.status == "online"
+            i.is_online()
                 && i.started_at_ms.is_some_and(|s| {
                     o.now_ms - s >= i64::try_from(min_uptime.as_millis()).unwrap_or(0)
                 })
@@ -253,7 +253,7 @@ pub fn assess(o: &Observed, loop_restarts: u32) -> Assessment {
         Some(Diagnosis::Pm2LostTheApp)
     } else if instances.is_empty() {
         Some(Diagnosis::NotInPm2)
-    } else if crash_looping || instances.iter().any(|i| i.status != "online") {
+    } else if crash_looping || !instances.iter().all(Instance::is_online) {
         Some(Diagnosis::ReleaseFailing)
     } else {
         Some(Diagnosis::HealthFailing)

@@ -474,7 +474,7 @@ async fn warm(ctx: &mut Ctx<'_>, tools: &Tools, slot: &Slot) -> Option<Verdict> 
     let _ = health.url.set_port(Some(slot.port));
     let probe = Prober::new(&health).ok()?.probe().await;
     let instances = pm2.instances().await.unwrap_or_default();
-    let online = !instances.is_empty() && instances.iter().all(|i| i.status == "online");
+    let online = crate::pm2::all_online(&instances);
     if !online || !probe.outcome.passed() {
         ctx.printer.step(
             StepName::Switch,

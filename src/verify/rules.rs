@@ -125,7 +125,7 @@ impl std::fmt::Display for Progress {
 
 /// What changed for one instance against its baseline, if anything.
 pub fn instance_problem(inst: &Instance, base: Option<&Baseline>, start: Start) -> Option<Change> {
-    if inst.status != "online" && inst.status != "launching" {
+    if !inst.is_up() {
         return Some(Change::Status {
             instance: inst.pm_id,
             status: inst.status.clone(),
