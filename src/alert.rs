@@ -170,10 +170,48 @@ impl Retry {
 #[derive(Debug, PartialEq)]
 enum Attempt {
     Delivered,
-    /// Worth trying again (no connection, 5xx, 429).
-    Retry(String),
+    /// Worth trying again (no connection, 5xx, 429), after at least the wait the
+    /// destination asked for, if it named one (`Retry-After`, Telegram's `retry_after`).
+    Retry(String, Option<Duration>),
     /// Trying again will not help (a 4xx: a wrong token or URL).
     GiveUp(String),
+}
+
+/// The longest wait a destination may ask for before one retry: beyond it, the alert is
+/// retried sooner (and is likely late anyway).
+const MAX_ASKED: Duration = Duration::from_secs(300);
+
+/// `Retry-After: 30` (seconds; an HTTP date is left to the backoff).
+fn retry_after_header(value: &str) -> Option<Duration> {
+    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// Telegram's `{"ok": false, "parameters": {"retry_after": 30}}`.
+fn retry_after_body(body: &[u8]) -> Option<Duration> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    v["parameters"]["retry_after"]
+        .as_u64()
+        .map(Duration::from_secs)
+}
+
+/// The wait before a retry: the planned backoff spread by `jitter` (0..1 -> 80% to 120%, so a
+/// fleet of watchers does not retry in step), and never shorter than what the destination
+/// asked for (at most [`MAX_ASKED`]).
+fn backoff(planned: Duration, asked: Option<Duration>, jitter: f64) -> Duration {
+    let spread = planned.mul_f64(0.8 + 0.4 * jitter.clamp(0.0, 1.0));
+    match asked {
+        Some(a) => spread.max(a.min(MAX_ASKED)),
+        None => spread,
+    }
+}
+
+/// A number in 0..1 from the kernel's random bytes (0.5 if they cannot be read).
+fn jitter() -> f64 {
+    let mut b = [0u8; 2];
+    match rustix::rand::getrandom(&mut b, rustix::rand::GetRandomFlags::empty()) {
+        Ok(2) => f64::from(u16::from_le_bytes(b)) / f64::from(u16::MAX),
+        _ => 0.5,
+    }
 }
 
 /// Resolve a secret's value (env variable or file read now).
@@ -308,11 +346,26 @@ impl Alerter {
         match sent {
             Ok(r) if r.status().is_success() => Attempt::Delivered,
             Ok(r) if r.status().is_server_error() || r.status().as_u16() == 429 => {
-                Attempt::Retry(format!("HTTP {}", r.status().as_u16()))
+                let status = r.status().as_u16();
+                let header = r
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(retry_after_header);
+                // Telegram says it in the body: {"parameters": {"retry_after": 5}}.
+                let body = match header {
+                    Some(_) => None,
+                    None => tokio::time::timeout(Duration::from_secs(2), r.bytes())
+                        .await
+                        .ok()
+                        .and_then(Result::ok),
+                };
+                let asked = header.or_else(|| body.as_deref().and_then(retry_after_body));
+                Attempt::Retry(format!("HTTP {status}"), asked)
             }
             Ok(r) => Attempt::GiveUp(format!("HTTP {}", r.status().as_u16())),
             // reqwest's messages name the URL, which holds the token.
-            Err(e) => Attempt::Retry(self.redactor.redact(&e.without_url().to_string())),
+            Err(e) => Attempt::Retry(self.redactor.redact(&e.without_url().to_string()), None),
         }
     }
 
@@ -329,10 +382,11 @@ impl Alerter {
                 Attempt::GiveUp(why) => {
                     bail!("{}: {why}, not retried (check its URL or token)", dest.name)
                 }
-                Attempt::Retry(why) => match waits.next() {
+                Attempt::Retry(why, asked) => match waits.next() {
                     Some(w) => {
+                        let w = backoff(*w, asked, jitter());
                         tracing::info!("alert to {} failed ({why}); retrying in {w:?}", dest.name);
-                        tokio::time::sleep(*w).await;
+                        tokio::time::sleep(w).await;
                     }
                     None => bail!("{}: {why}, after {tries} attempts", dest.name),
                 },
@@ -467,6 +521,27 @@ impl Heartbeat {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_retry_waits_what_the_destination_asked_and_spreads_the_rest() {
+        let s = Duration::from_secs;
+        assert_eq!(retry_after_header(" 7 "), Some(s(7)));
+        assert_eq!(retry_after_header("Wed, 21 Oct 2026 07:28:00 GMT"), None);
+        assert_eq!(
+            retry_after_body(br#"{"ok":false,"error_code":429,"parameters":{"retry_after":12}}"#),
+            Some(s(12))
+        );
+        assert_eq!(retry_after_body(b"not json"), None);
+        // Jitter spreads the planned wait by +-20%.
+        assert_eq!(backoff(s(10), None, 0.0), s(8));
+        assert_eq!(backoff(s(10), None, 1.0), s(12));
+        // A destination's own wait wins over a shorter backoff, up to a limit.
+        assert_eq!(backoff(Duration::from_millis(500), Some(s(5)), 0.5), s(5));
+        assert_eq!(backoff(s(30), Some(s(1)), 0.5), s(30));
+        assert_eq!(backoff(s(1), Some(s(3600)), 0.5), MAX_ASKED);
+        let j = jitter();
+        assert!((0.0..=1.0).contains(&j));
+    }
 
     fn alert() -> Alert {
         let mut a = Alert::new("api", "crash_loop", Severity::Critical, "4 restarts in 60s");
