@@ -174,7 +174,7 @@ pub fn assess(o: &Observed, loop_restarts: u32) -> Assessment {
     let crash_looping = o
         .recent_crashes
         .is_some_and(|n| n >= u64::from(loop_restarts));
-    let online = crate::pm2::all_online(&instances);
+    let online = crate::pm2::all_online(instances);
     let passed = o.probe.outcome.passed();
     let healthy = online && passed && !crash_looping;
     let status = if healthy {
