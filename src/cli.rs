@@ -30,7 +30,7 @@ pub const VERSION: &str = concat!(
 #[derive(Debug, Parser)]
 #[command(name = "guard", version = VERSION, after_help = EXIT_CODES, max_term_width = 100)]
 pub struct Cli {
-    /// Config file [default: ./guard.toml]
+    /// Config file [default: guard.toml in the current folder or the nearest one above it]
     #[arg(long, global = true, env = "GUARD_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 

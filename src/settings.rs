@@ -426,7 +426,7 @@ impl Settings {
     pub fn load(config: Option<&Path>) -> Result<Settings> {
         let path = match config {
             Some(p) => p.to_path_buf(),
-            None => PathBuf::from("guard.toml"),
+            None => discover(&std::env::current_dir().context("reading the current folder")?)?,
         };
         let path = std::path::absolute(&path)
             .with_context(|| format!("resolving config path {}", path.display()))?;
@@ -462,6 +462,38 @@ impl Settings {
         resolve(raw, base, path)
             .map_err(|e| usage(format!("invalid config {}: {e}", path.display())))
     }
+}
+
+/// Without `--config`: `guard.toml` in `from` or the nearest folder above it (guard run from a
+/// subfolder of the app). A file found above `from` is taken only if it belongs to this user
+/// or root and no one else may write it: guard often runs as root, and a folder an app user
+/// owns (`uploads/`) must not be able to hand it a config. None found: `./guard.toml`, whose
+/// read error says how to name one.
+fn discover(from: &Path) -> Result<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let here = from.join("guard.toml");
+    if here.exists() {
+        return Ok(here);
+    }
+    let me = rustix::process::geteuid().as_raw();
+    for dir in from.ancestors().skip(1) {
+        let candidate = dir.join("guard.toml");
+        let Ok(m) = std::fs::symlink_metadata(&candidate) else {
+            continue;
+        };
+        let owner_ok = m.uid() == me || m.uid() == 0;
+        if !m.is_file() || !owner_ok || m.mode() & 0o022 != 0 {
+            return Err(usage(format!(
+                "found {} above {}, but it is not a regular file of this user or root that only its owner may write (owner uid {}, mode {:o}): pass --config FILE",
+                candidate.display(),
+                from.display(),
+                m.uid(),
+                m.mode() & 0o7777
+            )));
+        }
+        return Ok(candidate);
+    }
+    Ok(here)
 }
 
 fn resolve(raw: RawConfig, base: &Path, path: &Path) -> std::result::Result<Settings, String> {

@@ -165,3 +165,28 @@ proptest::proptest! {
         let _ = parse(&text);
     }
 }
+
+#[test]
+fn a_config_is_found_upward_only_when_no_one_else_may_write_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().unwrap();
+    let app = root.path().join("app");
+    let deep = app.join("src/routes");
+    std::fs::create_dir_all(&deep).unwrap();
+    // Nothing anywhere: ./guard.toml, whose read error names it.
+    let none = super::discover(&deep).unwrap();
+    assert_eq!(none, deep.join("guard.toml"));
+    let cfg = app.join("guard.toml");
+    std::fs::write(&cfg, "").unwrap();
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(super::discover(&deep).unwrap(), cfg);
+    // One in the folder itself wins.
+    assert_eq!(super::discover(&app).unwrap(), cfg);
+    // Group- or world-writable above: refused, naming it.
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let err = format!("{:#}", super::discover(&deep).unwrap_err());
+    assert!(
+        err.contains("guard.toml") && err.contains("--config"),
+        "{err}"
+    );
+}
