@@ -98,9 +98,10 @@ pub enum Command {
     /// Print a shell completion script: `guard completions bash > /etc/bash_completion.d/guard`
     #[command(after_help = EXIT_CODES)]
     Completions(CompletionsArgs),
-    /// Print the man page (roff): `guard man > /usr/local/share/man/man1/guard.1`
+    /// Print the man page (roff): `guard man > /usr/local/share/man/man1/guard.1`; with
+    /// --dir, write one page per subcommand there (guard.1, guard-deploy.1, ...)
     #[command(after_help = EXIT_CODES)]
-    Man,
+    Man(ManArgs),
 }
 
 /// Flags of `guard watch`.
@@ -111,6 +112,14 @@ pub struct WatchArgs {
     /// deploy, alerts sent and failed
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<String>,
+}
+
+/// Flags of `guard man`.
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write guard.1 and one page per subcommand (guard-deploy.1...) into this folder
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 /// Flags of `guard completions`.
@@ -138,7 +147,7 @@ impl Command {
             Command::Init(_) => "init",
             Command::Watch(_) => "watch",
             Command::Completions(_) => "completions",
-            Command::Man => "man",
+            Command::Man(_) => "man",
         }
     }
 }
@@ -268,16 +277,115 @@ pub fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
     clap_complete::generate(shell, &mut cmd, "guard", out);
 }
 
-/// Write the man page to `out`.
+/// The sections clap does not write: what every page of guard shares.
+const MAN_EXTRA: &str = r#".SH "EXIT STATUS"
+.TP
+0
+success
+.TP
+1
+failed (unhealthy, artifacts found, a failing check, a step failed)
+.TP
+2
+usage or config error, or a failing check before a deploy: nothing was changed
+.TP
+3
+deploy failed and was rolled back: the previous version is verified healthy
+.TP
+4
+not verified healthy: a human must act
+.TP
+5
+another guard run holds the lock for this app
+.SH ENVIRONMENT
+.TP
+GUARD_CONFIG
+the config file, when \fB\-\-config\fR is not given
+.TP
+PM2_HOME
+the PM2 daemon to drive, when \fBpm2.home\fR is not set
+.TP
+NO_COLOR
+no colour in the output
+.SH FILES
+.TP
+guard.toml
+the app's config: in the current folder or the nearest one above it, or \fB\-\-config\fR
+.TP
+backup.dir/incident\-*/
+the snapshots (incidents) a rollback restores
+.TP
+backup.dir/audit.log
+one JSON line per run that changed something
+.SH EXAMPLES
+.nf
+guard check
+guard deploy \-\-ref v42
+guard health
+guard rollback latest
+guard watch \-\-metrics 127.0.0.1:9464
+.fi
+.SH "SEE ALSO"
+\fBpm2\fR(1), \fBnginx\fR(8)
+"#;
+
+/// Write the man page of guard to `out`.
 pub fn man(out: &mut dyn std::io::Write) -> std::io::Result<()> {
     let cmd = <Cli as clap::CommandFactory>::command();
-    clap_mangen::Man::new(cmd).render(out)
+    clap_mangen::Man::new(cmd).render(out)?;
+    out.write_all(MAN_EXTRA.as_bytes())
+}
+
+/// Write guard.1 and one page per subcommand (`guard-deploy.1`...) into `dir`; returns the
+/// files written.
+pub fn man_pages(dir: &std::path::Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut cmd = <Cli as clap::CommandFactory>::command().disable_help_subcommand(true);
+    cmd.build();
+    let mut written = Vec::new();
+    let mut page = |c: clap::Command| -> std::io::Result<()> {
+        let man = clap_mangen::Man::new(c);
+        let path = dir.join(man.get_filename());
+        let mut text = Vec::new();
+        man.render(&mut text)?;
+        text.extend_from_slice(MAN_EXTRA.as_bytes());
+        crate::atomic::write(&path, &text, 0o644).map_err(std::io::Error::other)?;
+        written.push(path);
+        Ok(())
+    };
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()).cloned() {
+        page(sub)?;
+    }
+    page(cmd)?;
+    Ok(written)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn one_man_page_per_subcommand_with_its_options_and_the_shared_sections() {
+        let dir = tempfile::tempdir().unwrap();
+        let written = man_pages(dir.path()).unwrap();
+        let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+        assert!(written.len() > 10, "{written:?}");
+        let deploy = read("guard-deploy.1");
+        assert!(deploy.contains("no\\-rollback"), "{deploy}");
+        assert!(deploy.contains(".SH \"EXIT STATUS\"") && deploy.contains(".SH ENVIRONMENT"));
+        let main = read("guard.1");
+        // Every page guard.1 names exists.
+        for sub in Cli::command()
+            .get_subcommands()
+            .filter(|s| !s.is_hide_set())
+        {
+            let page = format!("guard-{}.1", sub.get_name());
+            assert!(dir.path().join(&page).exists(), "{page} missing");
+        }
+        assert!(main.contains(".SH FILES") && main.contains(".SH EXAMPLES"));
+        let watch = read("guard-watch.1");
+        assert!(watch.contains("metrics"), "{watch}");
+    }
 
     #[test]
     fn completions_and_the_man_page_come_from_the_clap_definitions() {

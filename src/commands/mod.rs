@@ -39,7 +39,7 @@ fn changes_things(cmd: &Command) -> bool {
         | Command::Check(_)
         | Command::Watch(_)
         | Command::Completions(_)
-        | Command::Man
+        | Command::Man(_)
         | Command::Init(_) => false,
     }
 }
@@ -53,8 +53,16 @@ pub async fn run(cli: Cli, printer: &mut Printer, cancel: Cancel) -> ExitStatus 
             crate::cli::completions(args.shell, &mut std::io::stdout());
             return ExitStatus::Success;
         }
-        Command::Man => {
-            return match crate::cli::man(&mut std::io::stdout()) {
+        Command::Man(args) => {
+            let written = match &args.dir {
+                Some(dir) => crate::cli::man_pages(dir).map(|pages| {
+                    for p in pages {
+                        println!("{}", p.display());
+                    }
+                }),
+                None => crate::cli::man(&mut std::io::stdout()),
+            };
+            return match written {
                 Ok(()) => ExitStatus::Success,
                 Err(e) => {
                     printer.error(
@@ -129,7 +137,7 @@ pub async fn run(cli: Cli, printer: &mut Printer, cancel: Cancel) -> ExitStatus 
         Command::History(a) => history::run(&mut ctx, a).await,
         Command::Check(a) => check::run(&mut ctx, a).await,
         Command::Watch(a) => watch::run(&mut ctx, a).await,
-        Command::Init(_) | Command::Completions(_) | Command::Man => {
+        Command::Init(_) | Command::Completions(_) | Command::Man(_) => {
             unreachable!("handled before the config is read")
         }
     };
