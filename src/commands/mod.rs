@@ -57,7 +57,7 @@ pub async fn run(cli: Cli, printer: &mut Printer, cancel: Cancel) -> ExitStatus 
             let written = match &args.dir {
                 Some(dir) => crate::cli::man_pages(dir).map(|pages| {
                     for p in pages {
-                        println!("{}", p.display());
+                        printer.line(p.display().to_string());
                     }
                 }),
                 None => crate::cli::man(&mut std::io::stdout()),
