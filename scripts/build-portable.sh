@@ -20,7 +20,16 @@ export PATH="$PWD/$venv/bin:$PATH"
 triple=x86_64-unknown-linux-gnu
 profile=release
 if [ "${1:-}" = --check ]; then profile=portable-check; fi
+# No build path in the binary (panic locations, debug info): the checkout and cargo's home
+# become /guard and /cargo.
+cargo_home=${CARGO_HOME:-$HOME/.cargo}
+export RUSTFLAGS="${RUSTFLAGS:-} --remap-path-prefix=$PWD=/guard --remap-path-prefix=$cargo_home=/cargo"
 cargo zigbuild --quiet --locked --profile "$profile" --target "$triple.2.17" --target-dir target/portable
 bin="target/portable/$triple/$profile/guard"
 scripts/check-glibc.sh "$bin" 2.17
+if grep -q -a -F "$PWD/" "$bin" || grep -q -a -F "$cargo_home/" "$bin"; then
+  echo "error: $bin holds a build path ($PWD or $cargo_home)" >&2
+  exit 1
+fi
 "$bin" --version
+sha256sum "$bin"

@@ -64,7 +64,7 @@ if ! scripts/build-portable.sh --check > target/portable-check.log 2>&1; then
   echo "error: the portable build or its glibc check failed" >&2
   exit 1
 fi
-tail -n 2 target/portable-check.log
+tail -n 3 target/portable-check.log
 
 # The build layout's demo (scripts/demo.sh build) is what tests/guard/build.rs and
 # snapshots.rs exercise; only the README's first command is run again here, to keep the suite
