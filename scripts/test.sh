@@ -27,6 +27,8 @@ if ! cmp -s examples/ansible/requirements.txt "$stamp" 2>/dev/null; then
   cp examples/ansible/requirements.txt "$stamp"
 fi
 target/ansible-venv/bin/ansible-playbook --version | head -n 1
+echo "==> ansible-lint --profile production examples/ansible/rollout.yml"
+(cd examples/ansible && PATH="$PWD/../../target/ansible-venv/bin:$PATH" ansible-lint --offline --nocolor --profile production rollout.yml)
 
 # nginx (the switch tests put a real one in front of the app) and promtool (the metrics test
 # checks guard watch --metrics with it): Debian's packages, installed when missing.

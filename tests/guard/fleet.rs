@@ -125,6 +125,12 @@ fn an_unreachable_host_stops_before_anything_changes_a_bad_release_stops_at_the_
             "command = \"git pull --ff-only && echo \\\"$GUARD_REF\\\" > .deployed-ref\"",
         );
     }
+    // A dry run first: --check runs `guard check` on every host and deploys nothing.
+    let (code, out) = rollout_with(&inv, &["--check", "-e", "guard_ref=v4"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("guard check instead of a deploy"), "{out}");
+    assert_eq!(versions(&apps), [v("v1"), v("v1"), v("v1")], "{out}");
+    assert_eq!(apps[1].incidents().len(), 0, "{out}");
     let (code, out) = rollout_with(&inv, &["-e", "guard_ref=v4"]);
     assert_eq!(code, 0, "{out}");
     assert_eq!(versions(&apps), [v("v4"), v("v4"), v("v4")], "{out}");
