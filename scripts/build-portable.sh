@@ -24,6 +24,8 @@ if [ "${1:-}" = --check ]; then profile=portable-check; fi
 # become /guard and /cargo.
 cargo_home=${CARGO_HOME:-$HOME/.cargo}
 export RUSTFLAGS="${RUSTFLAGS:-} --remap-path-prefix=$PWD=/guard --remap-path-prefix=$cargo_home=/cargo"
+# The same for the C of aws-lc (TLS), whose asserts hold __FILE__.
+export CFLAGS="${CFLAGS:-} -ffile-prefix-map=$PWD=/guard -ffile-prefix-map=$cargo_home=/cargo"
 cargo zigbuild --quiet --locked --profile "$profile" --target "$triple.2.17" --target-dir target/portable
 bin="target/portable/$triple/$profile/guard"
 scripts/check-glibc.sh "$bin" 2.17

@@ -303,20 +303,8 @@ impl Watcher<'_> {
                             self.prober = prober;
                         }
                         let list = instances(&self.pm2).await?;
-            self.seen(&list);
-                        // An instance that run started afresh was verified with no restart:
-                        // any restart it has now is a crash after that verdict, and news.
-                        let as_started: Vec<Instance> = list
-                            .iter()
-                            .map(|i| {
-                                let mut b = i.clone();
-                                if i.created_at_ms.is_some_and(|c| c >= paused_at_ms) {
-                                    b.restarts = 0;
-                                }
-                                b
-                            })
-                            .collect();
-                        monitor.baseline(&as_started, t0.elapsed());
+                        self.seen(&list);
+                        monitor.baseline(&super::as_started(&list, paused_at_ms), t0.elapsed());
                         monitor.on_instances(&list, t0.elapsed());
                         watched = watched_of(&list);
                         target = last_good_deploy(self.settings);
@@ -335,7 +323,7 @@ impl Watcher<'_> {
                         next_jlist = next_jlist.min(Instant::now() + TICK);
                     } else if Instant::now() >= next_jlist {
                         let list = instances(&self.pm2).await?;
-            self.seen(&list);
+                        self.seen(&list);
                         if lock::held_by_live_run(&backup_dir, &app) {
                             continue;
                         }
@@ -362,6 +350,11 @@ impl Watcher<'_> {
                 target = None;
                 if age <= within {
                     self.roll_back(&t, age, &mut summary).await;
+                    // Under `switch` the rollback moved the app to its other process.
+                    if let Some((pm2, prober)) = self.live.as_mut().and_then(|f| f()) {
+                        self.pm2 = pm2;
+                        self.prober = prober;
+                    }
                     summary.rollbacks += 1;
                     self.metrics(|m| m.rollbacks += 1);
                     monitor.rolled_back();

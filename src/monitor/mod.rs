@@ -274,6 +274,22 @@ pub struct Monitor {
     events: Vec<Event>,
 }
 
+/// What runs after a guard run (deploy or rollback) that began at `paused_at_ms`, as the
+/// watcher's new baseline: an instance that run started afresh was verified with no restart,
+/// so its counter counts from zero (any restart it has now is a crash after that verdict, and
+/// news); an instance it left alone keeps its counter.
+pub fn as_started(list: &[Instance], paused_at_ms: i64) -> Vec<Instance> {
+    list.iter()
+        .map(|i| {
+            let mut b = i.clone();
+            if i.created_at_ms.is_some_and(|c| c >= paused_at_ms) {
+                b.restarts = 0;
+            }
+            b
+        })
+        .collect()
+}
+
 impl Monitor {
     /// A monitor with these limits; feed it [`Monitor::baseline`] first.
     pub fn new(limits: Limits) -> Monitor {

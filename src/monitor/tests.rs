@@ -229,3 +229,20 @@ fn memory_and_artifacts_alert_once_and_clear() {
     m.on_artifacts(vec![], s(7));
     assert_eq!(names(&mut m), ["artifacts", "recovered"]);
 }
+
+#[test]
+fn after_a_guard_run_only_what_it_started_counts_from_zero() {
+    let inst = |id: u32, created: i64, restarts: u64| crate::pm2::Instance {
+        pm_id: id,
+        created_at_ms: Some(created),
+        restarts,
+        status: "online".into(),
+        ..Default::default()
+    };
+    let list = vec![inst(0, 5_000, 2), inst(1, 1_000, 4)];
+    let base = super::as_started(&list, 4_000);
+    // Started by the run (created after it began): its restarts are news from now on.
+    assert_eq!(base[0].restarts, 0);
+    // Left alone: its restarts were there before the run.
+    assert_eq!(base[1].restarts, 4);
+}
