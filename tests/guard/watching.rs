@@ -169,19 +169,27 @@ fn a_killed_process_is_one_crash_alert_everywhere_then_recovered_and_a_deploy_is
         rx.delivered("/hook")
     );
 
-    // The same two alerts went to Slack and Telegram, in their formats.
+    // The same two alerts went to Slack and Telegram, in their formats (each destination has
+    // its own queue: they may arrive a moment after the webhook's).
+    let tg_path = format!("/tg/bot{TG_TOKEN}/sendMessage");
+    wait_until(Duration::from_secs(5), || {
+        rx.delivered("/slack/T0/B0/slacksecret").len() >= 2 && rx.delivered(&tg_path).len() >= 2
+    });
     let slack = rx.delivered("/slack/T0/B0/slacksecret");
     assert_eq!(slack.len(), 2, "{slack:?}");
     assert!(
         slack[0]["text"].as_str().unwrap().contains("crash"),
         "{slack:?}"
     );
-    let tg = rx.delivered(&format!("/tg/bot{TG_TOKEN}/sendMessage"));
+    let tg = rx.delivered(&tg_path);
     assert_eq!(tg.len(), 2, "{tg:?}");
     assert_eq!(tg[0]["chat_id"], "-1001");
     assert_no_secret(&rx);
 
     // The metrics saw it too, and promtool takes them as valid Prometheus text.
+    wait_until(Duration::from_secs(5), || {
+        sample(&scrape(), "guard_alerts_sent_total").unwrap_or(0.0) >= 6.0
+    });
     let text = scrape();
     assert_eq!(
         sample(&text, "guard_crash_episodes_total"),
