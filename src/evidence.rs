@@ -131,10 +131,12 @@ pub fn daemon_lines(pm2_home: &Path, app: &str, n: usize) -> Vec<String> {
     let Some(text) = tail_from(&pm2_home.join("pm2.log"), 2000, 0) else {
         return Vec::new();
     };
-    let quoted = format!("[{app}]");
+    // As pm2 7 writes them: `App [api:0] exited with code [1]...`, `Stopping app:api id:0`.
+    let bracket = format!("App [{app}:");
+    let stopping = format!("app:{app} id:");
     let lines: Vec<String> = text
         .lines()
-        .filter(|l| l.contains(&quoted) || l.contains(&format!(" {app} ")))
+        .filter(|l| l.contains(&bracket) || l.contains(&stopping))
         .map(String::from)
         .collect();
     lines[lines.len().saturating_sub(n)..].to_vec()
@@ -191,6 +193,24 @@ last
         );
         // Without an error, the last lines that say something.
         assert_eq!(excerpt("a\n  at x\nb\nc\n", 2), ["b", "c"]);
+    }
+
+    #[test]
+    fn pm2s_own_lines_about_the_app_are_found_and_only_its() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("pm2.log"),
+            "2026-12-02T11:28:20: PM2 log: App [api:0] starting in -fork mode-\n\
+             2026-12-02T11:28:20: PM2 log: App [api-worker:1] online\n\
+             2026-12-02T11:28:23: PM2 log: Stopping app:api id:0\n\
+             2026-12-02T11:28:23: PM2 log: App [api:0] exited with code [1] via signal [SIGINT]\n\
+             2026-12-02T11:28:23: PM2 log: Stopping app:api-worker id:1\n",
+        )
+        .unwrap();
+        let said = daemon_lines(dir.path(), "api", 10);
+        assert_eq!(said.len(), 3, "{said:?}");
+        assert!(said[2].contains("exited with code [1]"));
+        assert_eq!(daemon_lines(dir.path(), "api", 1).len(), 1);
     }
 
     #[test]

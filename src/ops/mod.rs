@@ -310,14 +310,18 @@ pub async fn save_evidence(
     if tails.iter().all(|t| t.text.trim().is_empty()) {
         // A worker that died while loading can leave nothing in the app's logs: what PM2
         // itself said about the app is the evidence then.
-        let said = evidence::daemon_lines(&ctx.settings.pm2.home, &ctx.settings.app.name, 6);
+        // The process PM2 ran (under `switch`, `<app>-<port>`; a trial has its own name).
+        let name = verdict
+            .instances
+            .first()
+            .map_or(ctx.settings.app.name.clone(), |i| i.name.clone());
+        let said = evidence::daemon_lines(&ctx.settings.pm2.home, &name, 6);
         let said: Vec<String> = said
             .iter()
             .map(|l| ctx.printer.redactor().redact(l))
             .collect();
         ctx.printer.detail(format!(
-            "PM2 wrote nothing to the app's logs since the restart; PM2's own lines about {}:",
-            ctx.settings.app.name
+            "PM2 wrote nothing to the app's logs since the restart; PM2's own lines about {name}:"
         ));
         for line in &said {
             ctx.printer.detail(format!("  {line}"));

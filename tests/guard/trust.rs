@@ -421,3 +421,38 @@ fn one_rotten_stored_content_is_passed_over_by_latest_found_by_verify_and_repair
     );
     app.guard(&["verify", "--all"]).expect(0);
 }
+
+#[test]
+fn a_busy_preflight_port_is_refused_before_anything_changes_and_left_trial_folders_are_swept() {
+    let app = App::with_strategy("preflight", 1);
+    app.start_v1();
+    app.release("v2", "good");
+    // Something else holds the configured trial port.
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port();
+    app.edit_config(
+        "strategy = \"preflight\"",
+        &format!("strategy = \"preflight\"\npreflight_port = {port}"),
+    );
+    let run = app.guard(&["deploy"]);
+    run.expect(2);
+    assert!(
+        run.stderr
+            .contains(&format!("preflight_port {port} is in use")),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        app.incidents().is_empty(),
+        "a refused deploy took a snapshot"
+    );
+    assert_eq!(app.version().as_deref(), Some("v1"));
+    // A trial folder a kill -9 left in backup.dir is swept by the next run.
+    let left = app.backups.join("trial-demo-backend-abc123");
+    std::fs::create_dir_all(&left).unwrap();
+    std::fs::write(left.join("demo-backend-guard-trial.config.cjs"), "//").unwrap();
+    drop(holder);
+    app.guard(&["deploy"]).expect(0);
+    assert_eq!(app.version().as_deref(), Some("v2"));
+    assert!(!left.exists(), "the left trial folder is still there");
+}

@@ -321,3 +321,29 @@ fn odd_health_endpoints_get_a_clear_verdict_and_no_panic() {
     assert!(outcome.contains("timed out"), "{outcome}");
     assert!(!run.stderr.contains("panicked"));
 }
+
+#[test]
+fn a_release_that_dies_without_a_word_is_explained_by_pm2s_own_log() {
+    let app = App::new();
+    app.start_v1();
+    app.release("v2", "exit-silently");
+    let run = app.guard(&["deploy"]);
+    run.expect(3);
+    // Nothing in the app's logs: PM2's own lines about the app are the evidence, shown and kept.
+    assert!(
+        run.stdout.contains("PM2 wrote nothing to the app's logs"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("exited with code [1]"),
+        "{}",
+        run.stdout
+    );
+    let ids = app.incidents();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let kept = std::fs::read_to_string(app.incident_dir(&ids[0]).join("logs/pm2-daemon.log"))
+        .unwrap_or_default();
+    assert!(kept.contains("demo-backend"), "{kept}");
+    assert_eq!(app.version().as_deref(), Some("v1"));
+}

@@ -15,6 +15,11 @@ if (fs.existsSync(stale)) {
   require(stale);
 }
 
+if (mode === 'exit-silently') {
+  // Dies before it says anything: PM2's own log is then the only evidence.
+  process.exit(1);
+}
+
 if (mode === 'crash-at-start') {
   // Apps often log their config when they fail; guard must mask it in what it shows.
   console.error(`fatal: cannot start, SENTRY_DSN=${process.env.SENTRY_DSN}`);
