@@ -126,7 +126,7 @@ pub async fn after_backup(
     go!(clean_first(ctx)?);
     go!(deploy_step_phase(ctx, tools, id, step, git_ref, data, lock).await?);
     let declared = go!(check_release(ctx, tools, id, data).await?);
-    go!(before_restart(ctx, tools, id).await?);
+    go!(before_restart(ctx, tools, id, lock).await?);
     if ctx.settings.strategy == Strategy::Switch {
         // The release is verified on the idle port before it takes traffic: no trial.
         return super::switch::deploy(ctx, tools, id, data).await;
@@ -283,12 +283,17 @@ async fn check_release(
 /// `[hooks] before_restart` (database migrations): after the deploy step and the release
 /// check, before the trial and any restart. A failure puts the files back; the running app
 /// was never touched. (A rollback does not undo what it did to a database.)
-async fn before_restart(ctx: &mut Ctx<'_>, tools: &Tools, id: &str) -> Result<Flow<()>> {
+async fn before_restart(
+    ctx: &mut Ctx<'_>,
+    tools: &Tools,
+    id: &str,
+    lock: &mut Lock,
+) -> Result<Flow<()>> {
     let facts = super::hooks::Facts {
         incident: Some(id.to_string()),
         ..Default::default()
     };
-    match super::hooks::run(ctx, super::hooks::Hook::BeforeRestart, &facts).await {
+    match super::hooks::run(ctx, super::hooks::Hook::BeforeRestart, &facts, Some(lock)).await {
         Some(Err(why)) => undo_before_restart(ctx, tools, id, &why)
             .await
             .map(Flow::Stop),

@@ -57,8 +57,15 @@ pub struct Facts {
     pub reason: Option<String>,
 }
 
-/// Run `hook` if it is configured: Some(Err(why)) when it failed.
-pub async fn run(ctx: &mut Ctx<'_>, hook: Hook, facts: &Facts) -> Option<Result<(), String>> {
+/// Run `hook` if it is configured: Some(Err(why)) when it failed. With `lock`, the hook's
+/// process group is recorded in the lock file while it runs, as the deploy step's is: if guard
+/// is killed during a migration, the next run stops it before it goes on.
+pub async fn run(
+    ctx: &mut Ctx<'_>,
+    hook: Hook,
+    facts: &Facts,
+    mut lock: Option<&mut crate::lock::Lock>,
+) -> Option<Result<(), String>> {
     let command = hook.command(ctx)?;
     let t = Instant::now();
     let mut cmd = Command::new("sh");
@@ -95,7 +102,20 @@ pub async fn run(ctx: &mut Ctx<'_>, hook: Hook, facts: &Facts) -> Option<Result<
         lines.push(line.to_string());
     };
     let limit = ctx.settings.hooks.timeout;
-    let result = runner::run(cmd, &command, limit, Some(&mut show)).await;
+    let mut record = |pgid: i32| {
+        if let Some(l) = lock.as_deref_mut()
+            && let Err(e) = l.child(Some(pgid))
+        {
+            tracing::warn!("recording the hook in the lock file: {e:#}");
+        }
+    };
+    let result =
+        runner::run_tracked(cmd, &command, limit, Some(&mut show), Some(&mut record)).await;
+    if let Some(l) = lock
+        && let Err(e) = l.child(None)
+    {
+        tracing::warn!("recording the hook in the lock file: {e:#}");
+    }
     let outcome = match &result {
         Ok(out) if out.success() => Ok(()),
         Ok(out) => Err(format!(
@@ -156,6 +176,6 @@ pub async fn after_run(ctx: &mut Ctx<'_>, status: crate::exit::ExitStatus, summa
         hooks.push(Hook::AfterRollback);
     }
     for hook in hooks {
-        let _ = run(ctx, hook, &facts).await;
+        let _ = run(ctx, hook, &facts, None).await;
     }
 }

@@ -105,7 +105,9 @@ pub async fn lock(ctx: &mut Ctx<'_>) -> Result<Lock> {
             StepName::Lock,
             StepState::Warn,
             t.elapsed(),
-            format!("stopped the dead run's deploy step, still running (process group {pgid})"),
+            format!(
+                "stopped the dead run's deploy step or hook, still running (process group {pgid})"
+            ),
         );
         // A git command of that step, killed half-way, leaves git's index lock behind, and
         // every git command after it would fail. It was stopped here, under guard's lock.

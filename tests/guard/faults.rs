@@ -275,7 +275,8 @@ fn kill_9_during_the_deploy_step_stops_the_step_before_the_next_run_goes_on() {
     let run = app.guard(&["rollback", "--incident", "latest"]);
     run.expect(0);
     assert!(
-        run.stdout.contains("stopped the dead run's deploy step"),
+        run.stdout
+            .contains("stopped the dead run's deploy step or hook"),
         "{}",
         run.stdout
     );
@@ -283,6 +284,32 @@ fn kill_9_during_the_deploy_step_stops_the_step_before_the_next_run_goes_on() {
     assert!(
         !late.exists(),
         "the orphaned step never wrote after the rollback"
+    );
+    assert_eq!(app.version().as_deref(), Some("v1"));
+
+    // The same for a `before_restart` hook (a migration) killed with guard.
+    app.write_config(
+        "\n[hooks]\nbefore_restart = \"touch hook-ready && sleep 3 && echo late > hook-late.txt\"\n",
+    );
+    let hook_late = app.dir.join("hook-late.txt");
+    let bg = app.spawn_guard(&["deploy"]);
+    assert!(crate::support::wait_until(LONG, || app
+        .lock_says("child_pgid")
+        && app.dir.join("hook-ready").exists()));
+    bg.signal(libc::SIGKILL);
+    bg.finish(LONG);
+    let run = app.guard(&["rollback", "latest"]);
+    run.expect(0);
+    assert!(
+        run.stdout
+            .contains("stopped the dead run's deploy step or hook"),
+        "{}",
+        run.stdout
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        !hook_late.exists(),
+        "the orphaned hook wrote after the rollback"
     );
     assert_eq!(app.version().as_deref(), Some("v1"));
 }
