@@ -4,11 +4,12 @@
 # virtualenv (target/ansible-venv), nginx and promtool (Debian packages, as root) when missing,
 # checks format and lints, runs the unit tests and the
 # integration tests against real PM2, git, HTTP on 127.0.0.1 and Ansible, checks that the
-# portable build needs glibc 2.17 at most, and runs the README's demo.
+# portable build needs glibc 2.17 at most, packages it as a .deb installed with dpkg, and runs
+# the README's demo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-for tool in cargo node npm git python3 objdump; do
+for tool in cargo node npm git python3 objdump dpkg-deb; do
   if ! command -v "$tool" >/dev/null 2>&1; then
     echo "error: $tool is required to run the tests and is not on PATH" >&2
     exit 1
@@ -60,13 +61,13 @@ cargo test --features real-pm2 --locked -- --test-threads=6
 
 # After the tests, not beside them: compiling on both cores starves the timing of the
 # integration tests (a 1 s health probe times out).
-echo "==> portable build: glibc 2.17 at most (scripts/build-portable.sh --check)"
-if ! scripts/build-portable.sh --check > target/portable-check.log 2>&1; then
-  cat target/portable-check.log
-  echo "error: the portable build or its glibc check failed" >&2
+echo "==> portable build (glibc 2.17 at most) and its .deb, installed with dpkg (scripts/package-deb.sh --check)"
+if ! scripts/package-deb.sh --check > target/package-check.log 2>&1; then
+  cat target/package-check.log
+  echo "error: the portable build, its glibc check or the .deb failed" >&2
   exit 1
 fi
-tail -n 3 target/portable-check.log
+grep -E "needs glibc|^guard |installed with dpkg" target/package-check.log
 
 # The build layout's demo (scripts/demo.sh build) is what tests/guard/build.rs and
 # snapshots.rs exercise; only the README's first command is run again here, to keep the suite
