@@ -85,6 +85,45 @@ struct HealthData<'a> {
     backups_ready: bool,
     /// The one `rollback latest` would pick.
     newest_restorable: Option<&'a str>,
+    /// Under `strategy = "switch"`: the live process and the previous release kept warm.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    switch: Option<SwitchData>,
+}
+
+/// `switch` in `--json`: which process serves and which is kept.
+#[derive(Serialize)]
+struct SwitchData {
+    /// The process the proxy sends traffic to.
+    live: crate::switch::Slot,
+    /// The previous release, still running for an instant rollback.
+    previous: Option<KeptData>,
+}
+
+/// A release kept warm, in `--json`.
+#[derive(Serialize)]
+struct KeptData {
+    /// Where it runs.
+    #[serde(flatten)]
+    slot: crate::switch::Slot,
+    /// The incident a rollback to it names.
+    incident: Option<String>,
+    /// Until when it is kept.
+    #[serde(serialize_with = "crate::verdict::rfc3339")]
+    until: i64,
+}
+
+/// The switch state, when the strategy is `switch` and it can be read.
+fn switch_data(ctx: &Ctx<'_>) -> Option<SwitchData> {
+    ctx.settings.switch.as_ref()?;
+    let st = crate::ops::switch::state(&ctx.settings, ctx.store.dir()).ok()?;
+    Some(SwitchData {
+        live: st.live,
+        previous: st.previous.map(|k| KeptData {
+            slot: k.slot,
+            incident: k.incident,
+            until: k.until_ms,
+        }),
+    })
 }
 
 /// PM2's fail-fast settings in `--json`.
@@ -168,6 +207,24 @@ fn render(ctx: &Ctx<'_>, tools: &Tools, seen: &Observed, judged: &Assessment) {
         ctx.settings.app.name,
         tools.pm2.home().display()
     ));
+    if let Some(sw) = switch_data(ctx) {
+        let kept = match &sw.previous {
+            Some(k) => format!(
+                "; previous release {} on port {} kept until {} (`guard rollback` to incident {} switches back)",
+                k.slot.name,
+                k.slot.port,
+                jiff::Timestamp::from_millisecond(k.until)
+                    .map(|t| t.strftime("%H:%M:%S UTC").to_string())
+                    .unwrap_or_default(),
+                k.incident.as_deref().unwrap_or("?")
+            ),
+            None => String::new(),
+        };
+        p.line(format!(
+            "switch     traffic to {} on port {}{kept}",
+            sw.live.name, sw.live.port
+        ));
+    }
     if !seen.daemon {
         p.line("pm2        daemon NOT running");
     } else if seen.instances.is_empty() {
@@ -361,6 +418,7 @@ fn data<'a>(
         diagnosis: judged.diagnosis.as_ref(),
         backups_ready: restorable.is_some(),
         newest_restorable: restorable.map(|l| l.id.as_str()),
+        switch: switch_data(ctx),
     }
 }
 

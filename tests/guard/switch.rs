@@ -71,7 +71,20 @@ fn good_and_bad_releases_and_rollbacks_switch_through_nginx_without_a_failed_req
     // The live process is found by the app's name: health looks at it.
     let health = app.guard(&["health"]);
     health.expect(0);
-    assert!(health.stdout.contains(&slot), "{}", health.stdout);
+    assert!(
+        health.stdout.contains(&format!(
+            "switch     traffic to {slot} on port {other}; previous release {} on port {} kept until",
+            app.name, app.port
+        )),
+        "{}",
+        health.stdout
+    );
+    let json = app.guard(&["--json", "health"]).json();
+    assert_eq!(json["data"]["switch"]["live"]["port"], other, "{json}");
+    assert_eq!(
+        json["data"]["switch"]["previous"]["name"], app.name,
+        "{json}"
+    );
 
     // Instant rollback: back to v1, still warm, without a start.
     let poller = Poller::start(nginx.port);
