@@ -65,7 +65,8 @@ pub enum Command {
     /// Show the app's PM2 state and its health endpoint
     #[command(after_help = EXIT_CODES)]
     Health(HealthArgs),
-    /// Make the app folder identical to an incident, restart through PM2, prove it healthy
+    /// Make the app folder identical to an incident, put it back in service the strategy's way
+    /// (restart, rolling reload or proxy switch), prove it healthy
     #[command(after_help = EXIT_CODES)]
     Rollback(RollbackArgs),
     /// Read every stored content of the named incidents and check it against its hash
@@ -78,7 +79,7 @@ pub enum Command {
     Diff(DiffArgs),
     /// List this app's incidents (snapshots) in backup.dir, newest first
     #[command(after_help = EXIT_CODES, visible_alias = "list")]
-    Incidents,
+    Incidents(IncidentsArgs),
     /// Show the audit log of runs that changed something
     #[command(after_help = EXIT_CODES)]
     History(HistoryArgs),
@@ -114,6 +115,14 @@ pub struct WatchArgs {
     pub metrics: Option<String>,
 }
 
+/// Flags of `guard incidents`.
+#[derive(Debug, Args)]
+pub struct IncidentsArgs {
+    /// Only the ids a rollback takes, one per line, `latest` first (for shell completion)
+    #[arg(long)]
+    pub ids: bool,
+}
+
 /// Flags of `guard man`.
 #[derive(Debug, Args)]
 pub struct ManArgs {
@@ -141,7 +150,7 @@ impl Command {
             Command::Rollback(_) => "rollback",
             Command::Verify(_) => "verify",
             Command::Diff(_) => "diff",
-            Command::Incidents => "incidents",
+            Command::Incidents(_) => "incidents",
             Command::History(_) => "history",
             Command::Check(_) => "check",
             Command::Init(_) => "init",
@@ -271,10 +280,31 @@ pub struct HistoryArgs {
     pub limit: usize,
 }
 
+/// Bash: `guard rollback <TAB>` and `guard diff <TAB>` offer `latest` and this app's incident
+/// ids, read from `guard incidents --ids` with the `--config` typed on the line.
+const BASH_INCIDENTS: &str = r#"
+_guard_incidents() {
+    local cur="${COMP_WORDS[COMP_CWORD]}" config=() i
+    for ((i = 1; i < COMP_CWORD; i++)); do
+        if [[ ${COMP_WORDS[i]} == --config ]]; then config=(--config "${COMP_WORDS[i+1]}"); fi
+        if [[ ${COMP_WORDS[i]} == rollback || ${COMP_WORDS[i]} == diff || ${COMP_WORDS[i]} == verify ]]             && [[ $cur != -* ]] && [[ ${COMP_WORDS[COMP_CWORD-1]} != --config ]]; then
+            COMPREPLY=($(compgen -W "$("${COMP_WORDS[0]}" "${config[@]}" incidents --ids 2>/dev/null \
+                | grep -E '^(latest|[0-9]{8}-[0-9]{6})$')" -- "$cur"))
+            return 0
+        fi
+    done
+    _guard "$@"
+}
+complete -F _guard_incidents -o nosort -o bashdefault -o default guard
+"#;
+
 /// Write the completion script for `shell` to `out`.
 pub fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
     let mut cmd = <Cli as clap::CommandFactory>::command();
     clap_complete::generate(shell, &mut cmd, "guard", out);
+    if shell == clap_complete::Shell::Bash {
+        let _ = out.write_all(BASH_INCIDENTS.as_bytes());
+    }
 }
 
 /// The sections clap does not write: what every page of guard shares.

@@ -30,8 +30,19 @@ struct ListData<'a> {
 }
 
 /// `guard list`.
-pub async fn run(ctx: &mut Ctx<'_>) -> Result<Done> {
+pub async fn run(ctx: &mut Ctx<'_>, args: &crate::cli::IncidentsArgs) -> Result<Done> {
     let incidents = ctx.store.list()?;
+    if args.ids {
+        // For shell completion: what `rollback` takes, nothing measured.
+        ctx.printer.line("latest");
+        for l in &incidents {
+            ctx.printer.line(&l.id);
+        }
+        return Ok(Done::new(
+            Happened::Done,
+            format!("{} incident(s)", incidents.len()),
+        ));
+    }
     let mut rows = Vec::new();
     ctx.printer.line(format!(
         "{:<20} {:<24} {:<12} {:<13} {:<14} {:>9}  reason",

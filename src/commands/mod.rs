@@ -34,7 +34,7 @@ fn changes_things(cmd: &Command) -> bool {
         Command::Health(_)
         | Command::Verify(_)
         | Command::Diff(_)
-        | Command::Incidents
+        | Command::Incidents(_)
         | Command::History(_)
         | Command::Check(_)
         | Command::Watch(_)
@@ -133,7 +133,7 @@ pub async fn run(cli: Cli, printer: &mut Printer, cancel: Cancel) -> ExitStatus 
         Command::Rollback(a) => rollback::run(&mut ctx, a).await,
         Command::Verify(a) => verify::run(&mut ctx, a).await,
         Command::Diff(a) => diff::run(&mut ctx, a).await,
-        Command::Incidents => list::run(&mut ctx).await,
+        Command::Incidents(a) => list::run(&mut ctx, a).await,
         Command::History(a) => history::run(&mut ctx, a).await,
         Command::Check(a) => check::run(&mut ctx, a).await,
         Command::Watch(a) => watch::run(&mut ctx, a).await,

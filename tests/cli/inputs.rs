@@ -74,3 +74,35 @@ fn pm2_not_installed_is_a_usage_error() {
     .unwrap();
     refused(&app, &["backup"], "not an executable on PATH");
 }
+
+#[test]
+fn bash_completes_rollback_with_latest_and_the_incident_ids() {
+    let app = App::offline();
+    // An incident folder as guard names them (its manifest is not read for the ids).
+    std::fs::create_dir_all(app.backups.join("incident-20261202-101010")).unwrap();
+    let script = app.root.path().join("guard.bash");
+    let out = app.guard_cmd(&["completions", "bash"]).output().unwrap();
+    std::fs::write(&script, &out.stdout).unwrap();
+    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_guard"))
+        .parent()
+        .unwrap();
+    let check = format!(
+        "source {}\nCOMP_WORDS=(guard --config {} rollback '')\nCOMP_CWORD=4\n_guard_incidents guard '' rollback\necho \"${{COMPREPLY[*]}}\"",
+        script.display(),
+        app.config.display()
+    );
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(&check)
+        .env("PATH", format!("{}:/usr/bin:/bin", bin_dir.display()))
+        .env("PM2_HOME", &app.pm2_home)
+        .output()
+        .unwrap();
+    let offered = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        offered.trim(),
+        "latest 20261202-101010",
+        "{offered}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
