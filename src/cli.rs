@@ -484,7 +484,7 @@ mod tests {
     fn list_is_an_alias_of_incidents_and_every_command_shows_the_exit_codes() {
         assert!(matches!(
             Cli::try_parse_from(["guard", "list"]).unwrap().command,
-            Command::Incidents
+            Command::Incidents(_)
         ));
         let mut cmd = Cli::command();
         for sub in cmd.get_subcommands_mut() {
