@@ -235,6 +235,10 @@ pub struct CheckArgs {
     /// Exit 1 on any warning too (for CI, and the final check after a fix)
     #[arg(long)]
     pub strict: bool,
+    /// Only validate guard.toml, without the app folder, PM2 or node (a repository's CI can
+    /// lint the config it ships): exit 0 valid, 2 invalid
+    #[arg(long)]
+    pub offline: bool,
 }
 
 /// Flags of `guard verify`.

@@ -424,6 +424,16 @@ pub const DEFAULT_KEEP: usize = 20;
 impl Settings {
     /// Load and validate the config: `--config`, else `$GUARD_CONFIG` (clap fills both), else ./guard.toml.
     pub fn load(config: Option<&Path>) -> Result<Settings> {
+        Settings::load_as(config, Where::OnServer)
+    }
+
+    /// Load and validate the config as [`Settings::load`] does, but as `guard check --offline`
+    /// reads it in a repository's CI: app.dir need not exist on this machine.
+    pub fn load_offline(config: Option<&Path>) -> Result<Settings> {
+        Settings::load_as(config, Where::Offline)
+    }
+
+    fn load_as(config: Option<&Path>, at: Where) -> Result<Settings> {
         let path = match config {
             Some(p) => p.to_path_buf(),
             None => discover(&std::env::current_dir().context("reading the current folder")?)?,
@@ -446,11 +456,16 @@ impl Settings {
                 path.display()
             ))
         })?;
-        Settings::parse(&text, &path)
+        Settings::parse_as(&text, &path, at)
     }
 
     /// Parse config text as if it were read from `path`.
+    #[cfg(test)]
     pub fn parse(text: &str, path: &Path) -> Result<Settings> {
+        Settings::parse_as(text, path, Where::OnServer)
+    }
+
+    fn parse_as(text: &str, path: &Path, at: Where) -> Result<Settings> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             usage(format!(
                 "invalid config {}: {}",
@@ -459,7 +474,7 @@ impl Settings {
             ))
         })?;
         let base = path.parent().unwrap_or(Path::new("/"));
-        resolve(raw, base, path)
+        resolve(raw, base, path, at)
             .map_err(|e| usage(format!("invalid config {}: {e}", path.display())))
     }
 }
@@ -496,7 +511,20 @@ fn discover(from: &Path) -> Result<PathBuf> {
     Ok(here)
 }
 
-fn resolve(raw: RawConfig, base: &Path, path: &Path) -> std::result::Result<Settings, String> {
+/// Where a config is read: on the server it configures (every path is checked), or offline
+/// (`guard check --offline`: its folders may not exist here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Where {
+    OnServer,
+    Offline,
+}
+
+fn resolve(
+    raw: RawConfig,
+    base: &Path,
+    path: &Path,
+    at: Where,
+) -> std::result::Result<Settings, String> {
     let name = raw.app.name.trim().to_string();
     if name.is_empty() || name != raw.app.name {
         return Err(
@@ -512,7 +540,7 @@ fn resolve(raw: RawConfig, base: &Path, path: &Path) -> std::result::Result<Sett
         return Err("app.name must be at most 100 characters, without control characters".into());
     }
     let dir = absolute_from(base, &raw.app.dir);
-    if !dir.is_dir() {
+    if at == Where::OnServer && !dir.is_dir() {
         return Err(format!("app.dir {} is not a folder", dir.display()));
     }
     let ecosystem = match &raw.app.ecosystem {

@@ -54,3 +54,37 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &CheckArgs) -> Result<Done> {
     };
     Ok(Done::new(happened, summary))
 }
+
+/// `--json` data of `guard check --offline`.
+#[derive(Serialize)]
+struct OfflineData<'a> {
+    /// The config read.
+    config: &'a std::path::Path,
+    /// The app it is for.
+    app: &'a str,
+    /// Its deploy strategy.
+    strategy: crate::settings::Strategy,
+}
+
+/// `guard check --offline`: the config parsed and validated (every key, value, range and
+/// combination); nothing on this machine looked at.
+pub fn offline(printer: &mut crate::output::Printer, settings: &crate::settings::Settings) -> Done {
+    printer.line(format!(
+        "ok    config         {} is valid: app {}, strategy {}",
+        settings.config_path.display(),
+        settings.app.name,
+        settings.strategy
+    ));
+    printer.line(
+        "      offline        app.dir, PM2, node and the ecosystem file were not looked at: `guard check` on the server does",
+    );
+    printer.set_data(&OfflineData {
+        config: &settings.config_path,
+        app: &settings.app.name,
+        strategy: settings.strategy,
+    });
+    Done::new(
+        Happened::Done,
+        format!("{} is a valid guard config", settings.config_path.display()),
+    )
+}

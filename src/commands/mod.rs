@@ -91,6 +91,24 @@ pub async fn run(cli: Cli, printer: &mut Printer, cancel: Cancel) -> ExitStatus 
             }
         };
     }
+    // `check --offline` reads the config as a repository's CI would, and stops there.
+    if let Command::Check(args) = &cli.command
+        && args.offline
+    {
+        return match Settings::load_offline(cli.config.as_deref()) {
+            Ok(settings) => {
+                let done = check::offline(printer, &settings);
+                let status = decide(done.happened);
+                printer.finish(status, &done.summary);
+                status
+            }
+            Err(e) => {
+                let status = status_of(&e);
+                printer.error(&e, status);
+                status
+            }
+        };
+    }
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {

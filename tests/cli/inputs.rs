@@ -106,3 +106,27 @@ fn bash_completes_rollback_with_latest_and_the_incident_ids() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn check_offline_validates_the_config_without_the_app_folder() {
+    let app = App::offline();
+    // A repository's CI: the config, but no app folder on this machine.
+    std::fs::remove_dir_all(&app.dir).unwrap();
+    let run = app.guard(&["check", "--offline"]);
+    run.expect(0);
+    assert!(
+        run.stdout.contains("is valid: app demo-backend"),
+        "{}",
+        run.stdout
+    );
+    // Without --offline the same config is refused: its app.dir is missing.
+    refused(&app, &["check"], "is not a folder");
+    // A bad value is still a usage error naming it.
+    let text = std::fs::read_to_string(&app.config).unwrap();
+    std::fs::write(
+        &app.config,
+        text.replace("timeout = \"1s\"", "timeout = \"soon\""),
+    )
+    .unwrap();
+    refused(&app, &["check", "--offline"], "timeout");
+}
