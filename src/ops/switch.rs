@@ -335,7 +335,17 @@ async fn switch_to(
         }
     }
     let old = std::mem::replace(&mut st.live, new);
-    let keep = keep_as.filter(|_| !sw.keep_previous.is_zero());
+    // Only a release that runs is kept (a first deploy on a server where nothing ran has none
+    // to switch back to).
+    let old_runs = crate::pm2::all_online(
+        &tools
+            .pm2
+            .named(&old.name)
+            .instances()
+            .await
+            .unwrap_or_default(),
+    );
+    let keep = keep_as.filter(|_| !sw.keep_previous.is_zero() && old_runs);
     st.previous = keep.map(|id| Kept {
         slot: old.clone(),
         incident: Some(id.to_string()),
@@ -354,7 +364,7 @@ async fn switch_to(
                 fmt_duration(sw.keep_previous)
             ),
         );
-    } else {
+    } else if old_runs {
         // The proxy's old connections finish on the old process meanwhile.
         tokio::time::sleep(sw.drain).await;
         stop(
@@ -364,6 +374,9 @@ async fn switch_to(
             &format!("drained for {}", fmt_duration(sw.drain)),
         )
         .await;
+    } else {
+        // Not serving (errored, stopped): nothing to drain.
+        stop(ctx, tools, &old, "it was not online").await;
     }
     Ok(Ok(()))
 }

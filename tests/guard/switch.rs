@@ -188,3 +188,19 @@ fn a_guard_killed_between_start_and_switch_leaves_the_live_release_serving_alone
     run.expect(0);
     assert_eq!(through(&nginx).as_deref(), Some("v2"));
 }
+
+#[test]
+fn a_first_deploy_where_nothing_runs_keeps_nothing_and_serves() {
+    let app = App::with_strategy("switch", 1);
+    let other = free_port();
+    let nginx = Nginx::start(app.root.path(), app.name, app.port);
+    app.write_config(&nginx.switch_config([app.port, other], "5s", "10m"));
+    let run = app.guard(&["deploy"]);
+    run.expect(0);
+    assert_eq!(through(&nginx).as_deref(), Some("v1"));
+    // No previous release to keep or drain: no keep step, no drain, nothing claimed.
+    assert!(!run.stdout.contains("ok    keep"), "{}", run.stdout);
+    assert!(!run.stdout.contains("stays warm"), "{}", run.stdout);
+    assert!(!run.stdout.contains("drained for"), "{}", run.stdout);
+    assert_eq!(names(&app), vec![format!("{}-{other}", app.name)]);
+}
