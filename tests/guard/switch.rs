@@ -204,3 +204,51 @@ fn a_first_deploy_where_nothing_runs_keeps_nothing_and_serves() {
     assert!(!run.stdout.contains("drained for"), "{}", run.stdout);
     assert_eq!(names(&app), vec![format!("{}-{other}", app.name)]);
 }
+
+#[test]
+fn guard_watch_follows_the_live_process_across_a_switch() {
+    let app = App::with_strategy("switch", 1);
+    let other = free_port();
+    let nginx = Nginx::start(app.root.path(), app.name, app.port);
+    let rx = Receiver::start(0);
+    app.write_config(&format!(
+        "{}\n[watch]\ninterval = \"200ms\"\nrecover_after = \"1s\"\npm2_every = \"2s\"\n\n[[alert.webhook]]\nurl = \"{}\"\n",
+        nginx.switch_config([app.port, other], "0s", "0s"),
+        rx.url("/hook")
+    ));
+    app.start_v1();
+    let mut watch = app.spawn_guard(&["watch"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(watch.running());
+    // The deploy moves the app to its other process and stops the old one: guard's own run,
+    // not an alert.
+    app.release("v2", "good");
+    app.guard(&["deploy"]).expect(0);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        rx.delivered("/hook").is_empty(),
+        "{:?}",
+        rx.delivered("/hook")
+    );
+    // A crash of the live process is seen as one.
+    let slot = format!("{}-{other}", app.name);
+    let list: serde_json::Value = serde_json::from_slice(&app.pm2(&["jlist"]).stdout).unwrap();
+    let pid = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == slot.as_str())
+        .and_then(|p| p["pid"].as_i64())
+        .expect("the live process") as i32;
+    // SAFETY: kill(2) on the app's process, which this test started through guard.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert!(
+        wait_until(Duration::from_secs(5), || !rx
+            .events("/hook", "crash")
+            .is_empty()),
+        "no crash alert: {:?}",
+        rx.delivered("/hook")
+    );
+    watch.signal(libc::SIGTERM);
+    watch.finish(Duration::from_secs(15)).expect(0);
+}
