@@ -9,6 +9,7 @@ pub mod inspect;
 pub mod integrity;
 pub mod restart;
 pub mod restore;
+pub mod rollback;
 pub mod snapshot;
 pub mod status;
 pub mod switch;
