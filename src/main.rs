@@ -54,7 +54,8 @@ fn main() {
         Err(e) => {
             let wants_json = std::env::args().any(|a| a == "--json");
             if wants_json && e.use_stderr() {
-                // The same document as any other error, naming the subcommand if one was typed.
+                // The same document as any other error, naming the subcommand if one was typed
+                // (else `guard` itself), with clap's message line by line.
                 let typed = std::env::args()
                     .skip(1)
                     .find(|a| {
@@ -62,9 +63,9 @@ fn main() {
                             .find_subcommand(a)
                             .is_some()
                     })
-                    .unwrap_or_default();
+                    .unwrap_or_else(|| "guard".into());
                 let mut printer = Printer::new(Mode::Json, &typed);
-                printer.usage_error(output::sanitize(&e.to_string()).trim_end());
+                printer.usage_error(output::keep_lines(&e.to_string()).trim_end());
                 let _ = e.print();
                 std::process::exit(ExitStatus::Usage.code());
             }

@@ -58,6 +58,16 @@ fn bad_flags_are_usage_errors() {
         doc["reason"].as_str().unwrap().contains("--frobnicate"),
         "{doc}"
     );
+    assert_eq!(doc["command"], "deploy");
+    // clap's message keeps its lines (JSON escapes them), and a bad flag before any
+    // subcommand names guard itself, never "".
+    assert!(
+        doc["reason"].as_str().unwrap().contains("\nUsage:"),
+        "{doc}"
+    );
+    let run = app.guard(&["--json", "--frobnicate"]);
+    run.expect(2);
+    assert_eq!(run.json()["command"], "guard", "{}", run.stdout);
 }
 
 #[test]
