@@ -113,6 +113,24 @@ fn good_and_bad_releases_and_rollbacks_switch_through_nginx_without_a_failed_req
     assert_eq!(through(&nginx).as_deref(), Some("v1"));
     assert_eq!(names(&app), vec![app.name.to_string()]);
 
+    // A release that crashes after it answered, and one whose /health answers 500: both are
+    // found on the idle port, and neither ever takes a request.
+    for (version, json) in [
+        (
+            "v3b",
+            r#"{ "version": "v3b", "mode": "crash-later", "crash_after_ms": 600 }"#,
+        ),
+        ("v3c", r#"{ "version": "v3c", "mode": "health-500" }"#),
+    ] {
+        app.release_json(json, version);
+        let poller = Poller::start(nginx.port);
+        let run = app.guard(&["deploy"]);
+        assert_no_failure(poller, version);
+        run.expect(3);
+        assert_eq!(through(&nginx).as_deref(), Some("v1"), "{version}");
+        assert_eq!(names(&app), vec![app.name.to_string()], "{version}");
+    }
+
     // A failing `nginx -t`: the upstream file is put back, the running version serves.
     app.release("v4", "good");
     let good = std::fs::read_to_string(&app.config).unwrap();
