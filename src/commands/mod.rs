@@ -47,11 +47,20 @@ fn changes_things(cmd: &Command) -> bool {
 /// Run the parsed command; every error is reported here, once.
 pub async fn run(cli: Cli, printer: &mut Printer, cancel: Cancel) -> ExitStatus {
     let origin = Origin::current();
-    // Generated from the CLI definition: no config, no runtime work.
-    match &cli.command {
+    if let Some(status) = without_config(&cli, printer).await {
+        return status;
+    }
+    with_config(cli, printer, cancel, origin).await
+}
+
+/// The commands that need no config (completions, man pages, `init`, `check --offline`):
+/// their exit status, or None for every other command.
+async fn without_config(cli: &Cli, printer: &mut Printer) -> Option<ExitStatus> {
+    let result = match &cli.command {
+        // Generated from the CLI definition: no config, no runtime work.
         Command::Completions(args) => {
             crate::cli::completions(args.shell, &mut std::io::stdout());
-            return ExitStatus::Success;
+            return Some(ExitStatus::Success);
         }
         Command::Man(args) => {
             let written = match &args.dir {
@@ -62,53 +71,42 @@ pub async fn run(cli: Cli, printer: &mut Printer, cancel: Cancel) -> ExitStatus 
                 }),
                 None => crate::cli::man(&mut std::io::stdout()),
             };
-            return match written {
-                Ok(()) => ExitStatus::Success,
-                Err(e) => {
-                    printer.error(
-                        &anyhow::Error::new(e).context("writing the man page"),
-                        ExitStatus::Failure,
-                    );
-                    ExitStatus::Failure
-                }
-            };
+            if let Err(e) = written {
+                let e = anyhow::Error::new(e).context("writing the man page");
+                printer.error(&e, ExitStatus::Failure);
+                return Some(ExitStatus::Failure);
+            }
+            return Some(ExitStatus::Success);
         }
-        _ => {}
-    }
-    // init writes the config the other commands read.
-    if let Command::Init(args) = &cli.command {
-        let result = init::run(printer, cli.config.as_deref(), args).await;
-        return match result {
-            Ok(done) => {
-                let status = decide(done.happened);
-                printer.finish(status, &done.summary);
-                status
-            }
-            Err(e) => {
-                let status = status_of(&e);
-                printer.error(&e, status);
-                status
-            }
-        };
-    }
-    // `check --offline` reads the config as a repository's CI would, and stops there.
-    if let Command::Check(args) = &cli.command
-        && args.offline
-    {
-        return match Settings::load_offline(cli.config.as_deref()) {
-            Ok(settings) => {
-                let done = check::offline(printer, &settings);
-                let status = decide(done.happened);
-                printer.finish(status, &done.summary);
-                status
-            }
-            Err(e) => {
-                let status = status_of(&e);
-                printer.error(&e, status);
-                status
-            }
-        };
-    }
+        // init writes the config the other commands read.
+        Command::Init(args) => init::run(printer, cli.config.as_deref(), args).await,
+        // `check --offline` reads the config as a repository's CI would, and stops there.
+        Command::Check(args) if args.offline => {
+            Settings::load_offline(cli.config.as_deref()).map(|s| check::offline(printer, &s))
+        }
+        _ => return None,
+    };
+    Some(match result {
+        Ok(done) => {
+            let status = decide(done.happened);
+            printer.finish(status, &done.summary);
+            status
+        }
+        Err(e) => {
+            let status = status_of(&e);
+            printer.error(&e, status);
+            status
+        }
+    })
+}
+
+/// The commands that read guard.toml: load it, run the command, alert, record.
+async fn with_config(
+    cli: Cli,
+    printer: &mut Printer,
+    cancel: Cancel,
+    origin: Origin,
+) -> ExitStatus {
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
