@@ -208,28 +208,47 @@ fn render(ctx: &Ctx<'_>, tools: &Tools, seen: &Observed, judged: &Assessment) {
         tools.pm2.home().display()
     ));
     if let Some(sw) = switch_data(ctx) {
-        let kept = match &sw.previous {
-            Some(k) => format!(
-                "; previous release {} on port {} kept until {} (`guard rollback` to incident {} switches back)",
-                k.slot.name,
-                k.slot.port,
-                jiff::Timestamp::from_millisecond(k.until)
-                    .map(|t| t.strftime("%H:%M:%S UTC").to_string())
-                    .unwrap_or_default(),
-                k.incident.as_deref().unwrap_or("?")
-            ),
-            None => String::new(),
-        };
-        p.line(format!(
-            "switch     traffic to {} on port {}{kept}",
-            sw.live.name, sw.live.port
-        ));
+        p.line(switch_line(&sw));
     }
     if !seen.daemon {
         p.line("pm2        daemon NOT running");
     } else if seen.instances.is_empty() {
         p.line("pm2        app NOT known to PM2");
     }
+    render_instances(ctx, seen);
+    p.line(format!(
+        "health     {} in {}ms ({})",
+        seen.probe.outcome,
+        seen.probe.latency.as_millis(),
+        tools.prober.url()
+    ));
+    render_files_and_restarts(ctx, seen, judged);
+    status_block(ctx, seen, judged);
+}
+
+/// `switch     traffic to api-3001 on port 3001; previous release api on port 3000 kept...`
+fn switch_line(sw: &SwitchData) -> String {
+    let kept = match &sw.previous {
+        Some(k) => format!(
+            "; previous release {} on port {} kept until {} (`guard rollback` to incident {} switches back)",
+            k.slot.name,
+            k.slot.port,
+            jiff::Timestamp::from_millisecond(k.until)
+                .map(|t| t.strftime("%H:%M:%S UTC").to_string())
+                .unwrap_or_default(),
+            k.incident.as_deref().unwrap_or("?")
+        ),
+        None => String::new(),
+    };
+    format!(
+        "switch     traffic to {} on port {}{kept}",
+        sw.live.name, sw.live.port
+    )
+}
+
+/// One line per instance: status, pid, uptime, restarts, memory, CPU.
+fn render_instances(ctx: &Ctx<'_>, seen: &Observed) {
+    let p = &ctx.printer;
     for i in &seen.instances {
         let u = i
             .pid
@@ -249,12 +268,11 @@ fn render(ctx: &Ctx<'_>, tools: &Tools, seen: &Observed, judged: &Assessment) {
             u.cpu_percent.max(0.0)
         ));
     }
-    p.line(format!(
-        "health     {} in {}ms ({})",
-        seen.probe.outcome,
-        seen.probe.latency.as_millis(),
-        tools.prober.url()
-    ));
+}
+
+/// The lines after the probe: artifacts, backups, the code, restarts, pending changes.
+fn render_files_and_restarts(ctx: &Ctx<'_>, seen: &Observed, judged: &Assessment) {
+    let p = &ctx.printer;
     p.line(if seen.artifacts.is_empty() {
         "artifacts  clean".to_string()
     } else {
@@ -297,7 +315,6 @@ fn render(ctx: &Ctx<'_>, tools: &Tools, seen: &Observed, judged: &Assessment) {
             judged.pending.join(", ")
         ));
     }
-    status_block(ctx, seen, judged);
 }
 
 /// The incident report's own status block.
