@@ -110,6 +110,40 @@ pub async fn point(proxy: &Proxy, app: &str, host: &str, port: u16, dir: &Path) 
     }
 }
 
+/// What `guard check` says of the proxy: for nginx, that the upstream file's folder exists
+/// and the config test passes (it changes nothing); a command cannot be tried without
+/// switching, so it is only named.
+pub async fn check(proxy: &Proxy, dir: &Path) -> crate::checks::Check {
+    use crate::checks::Check;
+    match proxy {
+        Proxy::Command(c) => Check::ok(
+            "proxy",
+            format!("switch.command {c:?} (not tried: it would switch)"),
+        ),
+        Proxy::Nginx { upstream, test, .. } => {
+            let folder = upstream.parent().unwrap_or(Path::new("/"));
+            if !folder.is_dir() {
+                return Check::fail(
+                    "proxy",
+                    format!(
+                        "the folder of switch.nginx_upstream {} does not exist",
+                        upstream.display()
+                    ),
+                    "create it, or point nginx_upstream into nginx's conf.d",
+                );
+            }
+            match shell(test, dir).await {
+                Ok(()) => Check::ok("proxy", format!("nginx config test passes (`{test}`)")),
+                Err(e) => Check::fail(
+                    "proxy",
+                    format!("the nginx config test fails: {e:#}"),
+                    "fix nginx's config (or switch.test_command) until it passes: a deploy would fail at the switch",
+                ),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,5 +198,32 @@ mod tests {
             .unwrap();
         assert_eq!(upstream_port(&p), Some(3001));
         assert!(dir.path().join("reloaded").exists());
+        // guard check: the same test, nothing written.
+        let before = std::fs::read(&p).unwrap();
+        assert_eq!(
+            check(&proxy, dir.path()).await.level,
+            crate::checks::Level::Ok
+        );
+        let failing = Proxy::Nginx {
+            upstream: p.clone(),
+            name: "api".into(),
+            test: "exit 1".into(),
+            reload: "true".into(),
+        };
+        assert_eq!(
+            check(&failing, dir.path()).await.level,
+            crate::checks::Level::Fail
+        );
+        let nowhere = Proxy::Nginx {
+            upstream: dir.path().join("missing/api.conf"),
+            name: "api".into(),
+            test: "true".into(),
+            reload: "true".into(),
+        };
+        assert_eq!(
+            check(&nowhere, dir.path()).await.level,
+            crate::checks::Level::Fail
+        );
+        assert_eq!(std::fs::read(&p).unwrap(), before);
     }
 }

@@ -204,6 +204,11 @@ pub async fn run(ctx: &Ctx<'_>, tools: &Tools, pm2_calls: bool) -> Inspection {
         )
     });
     found.checks.push(config_secrets(ctx));
+    if let Some(sw) = &settings.switch {
+        found
+            .checks
+            .push(crate::proxy::check(&sw.proxy, &settings.app.dir).await);
+    }
     found
 }
 

@@ -131,10 +131,38 @@ fn good_and_bad_releases_and_rollbacks_switch_through_nginx_without_a_failed_req
         assert_eq!(names(&app), vec![app.name.to_string()], "{version}");
     }
 
-    // A failing `nginx -t`: the upstream file is put back, the running version serves.
+    // nginx's config test failing already: `guard check` says so and the deploy is refused
+    // before anything changes (exit 2).
     app.release("v4", "good");
     let good = std::fs::read_to_string(&app.config).unwrap();
     app.edit_config(" -t -q\"", " -t -q -c /nonexistent.conf\"");
+    let incidents = app.incidents().len();
+    let run = app.guard(&["deploy"]);
+    run.expect(2);
+    assert!(
+        run.stderr.contains("proxy: the nginx config test fails"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        app.incidents().len(),
+        incidents,
+        "a refused deploy took a snapshot"
+    );
+    // A config test that fails only with the new upstream (as a bad include would): the
+    // upstream file is put back, the running version serves, exit 3.
+    std::fs::write(
+        &app.config,
+        good.replace(
+            &format!("test_command = \"{}", nginx.command("")),
+            &format!(
+                "test_command = \"! grep -q ':{other};' {} && {}",
+                nginx.upstream.display(),
+                nginx.command("")
+            ),
+        ),
+    )
+    .unwrap();
     let before = std::fs::read_to_string(&nginx.upstream).unwrap();
     let poller = Poller::start(nginx.port);
     let run = app.guard(&["deploy"]);
