@@ -128,12 +128,21 @@ pub async fn check_port(ctx: &Ctx<'_>, tools: &Tools) -> Result<()> {
     let host = proxy::host_of(&ctx.settings.health.url);
     let bind_host = host.trim_matches(['[', ']']).to_string();
     if let Err(e) = std::net::TcpListener::bind((bind_host.as_str(), idle)) {
-        let ours = tools
-            .pm2
-            .named(&slot_name(&ctx.settings.app.name, idle))
-            .instances()
-            .await
-            .is_ok_and(|l| !l.is_empty());
+        // The app's own process there: its slot, or the previous release kept warm (which may
+        // be the app's own `<app>` process of before the first switch).
+        let mut names = vec![slot_name(&ctx.settings.app.name, idle)];
+        if let Some(k) = st.previous.as_ref().filter(|k| k.slot.port == idle) {
+            names.push(k.slot.name.clone());
+        }
+        let mut ours = false;
+        for name in &names {
+            ours |= tools
+                .pm2
+                .named(name)
+                .instances()
+                .await
+                .is_ok_and(|l| !l.is_empty());
+        }
         if !ours {
             return Err(usage(format!(
                 "port {idle} (switch.ports) is in use by something that is not {}: the new release could not listen there ({e}); free it, config {}; nothing was changed",

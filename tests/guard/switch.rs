@@ -233,6 +233,18 @@ fn a_guard_killed_between_start_and_switch_leaves_the_live_release_serving_alone
     assert_no_failure(poller, "kill -9 and the next deploy");
     run.expect(0);
     assert_eq!(through(&nginx).as_deref(), Some("v2"));
+    // Another deploy while v1 (the app's own process of before the first switch) is kept warm
+    // on the idle port: it makes room and goes on.
+    app.release("v3", "good");
+    let poller = Poller::start(nginx.port);
+    let run = app.guard(&["deploy"]);
+    assert_no_failure(poller, "a deploy onto the kept release's port");
+    run.expect(0);
+    assert_eq!(through(&nginx).as_deref(), Some("v3"));
+    assert_eq!(
+        names(&app),
+        vec![format!("{}-{}", app.name, app.port), slot]
+    );
 }
 
 #[test]
