@@ -143,7 +143,9 @@ pub(super) struct Reaper(Option<std::process::Child>);
 
 impl Reaper {
     pub(super) fn start(pm2: &Pm2, trial: &str) -> Reaper {
-        let script = r#"while kill -0 "$1" 2>/dev/null; do sleep 0.5; done; exec "$2" delete "$3""#;
+        // Only while PM2's daemon lives: a `pm2 delete` after it is gone would start a new
+        // daemon that nobody stops.
+        let script = r#"while kill -0 "$1" 2>/dev/null; do sleep 0.5; done; p=$(cat "$PM2_HOME/pm2.pid" 2>/dev/null) && kill -0 "$p" 2>/dev/null && exec "$2" delete "$3""#;
         let mut cmd = std::process::Command::new("sh");
         cmd.args(["-c", script, "guard-trial-reaper"])
             .arg(std::process::id().to_string())
