@@ -105,34 +105,9 @@ pub async fn run(printer: &mut Printer, config: Option<&Path>, args: &InitArgs) 
         Some(rel) => rel.display().to_string(),
         None => app_dir.display().to_string(),
     };
-    let toml_list = |v: &[String]| {
-        v.iter()
-            .map(|f| format!("{f:?}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let mut text = format!(
-        "# Written by `guard init` from {eco}. Check the lines marked CHECK, then run `guard check`.\n\n\
-         [app]\nname = {name:?}\ndir = {dir_value:?}\n\n\
-         [backup]\nfiles = [{files}]\nexclude = []\n\n",
-        eco = eco.display(),
-        files = toml_list(&files),
-    );
-    if builds {
-        text.push_str("[clean]\npaths = [\"dist\"]\nafter_deploy = false\n\n");
-    }
-    match deploy {
-        Some(c) => text.push_str(&format!("[deploy]\ncommand = {c:?}    # CHECK\n\n")),
-        None => text.push_str(
-            "[deploy]\n# command = \"rsync ...\"    # CHECK: how this app is deployed\n\n",
-        ),
-    }
-    text.push_str(&format!(
-        "[health]\nurl = {url:?}    # CHECK\nstable_for = \"10s\"\n"
-    ));
     // The incident's app turned Sentry on with SENTRY_ENABLED: an app that names such a flag
     // gets the rule that a DSN without it on is a warning; others are not warned about it.
-    let names_flag = app.sentry_enabled.is_some()
+    let sentry_flag = app.sentry_enabled.is_some()
         || env_files.iter().any(|f| {
             std::fs::read_to_string(app_dir.join(f))
                 .map(|t| {
@@ -142,19 +117,19 @@ pub async fn run(printer: &mut Printer, config: Option<&Path>, args: &InitArgs) 
                 })
                 .unwrap_or(false)
         });
-    if names_flag {
+    if sentry_flag {
         guessed.push("check.sentry_flag SENTRY_ENABLED (the app turns Sentry on with it)".into());
-        text.push_str("\n[check]\nsentry_flag = \"SENTRY_ENABLED\"\n");
     }
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&out)
-        .map_err(|e| usage(format!("cannot create {}: {e}", out.display())))?;
-    f.write_all(text.as_bytes())
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("writing {}", out.display()))?;
+    let config = Guessed {
+        name,
+        dir: dir_value,
+        files,
+        builds,
+        deploy,
+        url,
+        sentry_flag,
+    };
+    write_new(&out, &config.toml(&eco))?;
     for g in &guessed {
         printer.line(format!("guessed  {g}"));
     }
@@ -272,4 +247,68 @@ mod tests {
         );
         assert!(pick(&apps, Some("nope"), eco).is_err());
     }
+}
+
+/// What `guard init` guessed, as the config it writes.
+struct Guessed {
+    name: String,
+    /// app.dir as written (relative to the config's folder when it can be).
+    dir: String,
+    files: Vec<String>,
+    /// The script is in dist/: built on the server.
+    builds: bool,
+    deploy: Option<&'static str>,
+    url: String,
+    /// The app names SENTRY_ENABLED.
+    sentry_flag: bool,
+}
+
+impl Guessed {
+    /// The guard.toml text, the lines to check marked CHECK.
+    fn toml(&self, eco: &Path) -> String {
+        let files = self
+            .files
+            .iter()
+            .map(|f| format!("{f:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut text = format!(
+            "# Written by `guard init` from {eco}. Check the lines marked CHECK, then run `guard check`.\n\n\
+             [app]\nname = {name:?}\ndir = {dir:?}\n\n\
+             [backup]\nfiles = [{files}]\nexclude = []\n\n",
+            eco = eco.display(),
+            name = self.name,
+            dir = self.dir,
+        );
+        if self.builds {
+            text.push_str("[clean]\npaths = [\"dist\"]\nafter_deploy = false\n\n");
+        }
+        match self.deploy {
+            Some(c) => text.push_str(&format!("[deploy]\ncommand = {c:?}    # CHECK\n\n")),
+            None => text.push_str(
+                "[deploy]\n# command = \"rsync ...\"    # CHECK: how this app is deployed\n\n",
+            ),
+        }
+        text.push_str(&format!(
+            "[health]\nurl = {:?}    # CHECK\nstable_for = \"10s\"\n",
+            self.url
+        ));
+        if self.sentry_flag {
+            text.push_str("\n[check]\nsentry_flag = \"SENTRY_ENABLED\"\n");
+        }
+        text
+    }
+}
+
+/// Create `out` (never overwriting one: `create_new`), 0600, and write `text` to disk.
+fn write_new(out: &Path, text: &str) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .map_err(|e| usage(format!("cannot create {}: {e}", out.display())))?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", out.display()))
 }
