@@ -209,46 +209,6 @@ fn port_from(app_dir: &Path, env_files: &[String]) -> Option<String> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn env_files_are_read_off_the_ecosystem_text() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("env.env"), "PORT=4100\n").unwrap();
-        let eco = dir.path().join("ecosystem.config.js");
-        std::fs::write(
-            &eco,
-            "env: loadEnv(path.join(__dirname, 'env.env')), other: 'x.env'",
-        )
-        .unwrap();
-        let files = env_files_loaded(&eco, dir.path());
-        assert_eq!(files, ["env.env"], "x.env does not exist");
-        assert_eq!(port_from(dir.path(), &files).as_deref(), Some("4100"));
-    }
-
-    #[test]
-    fn several_apps_need_a_name() {
-        let a = |n: &str| Declared {
-            name: Some(n.into()),
-            ..Declared::default()
-        };
-        let eco = Path::new("/srv/ecosystem.config.js");
-        let apps = [a("api"), a("worker")];
-        let err = pick(&apps, None, eco).unwrap_err().to_string();
-        assert!(
-            err.contains("--app NAME") && err.contains("api, worker"),
-            "{err}"
-        );
-        assert_eq!(
-            pick(&apps, Some("worker"), eco).unwrap().name.as_deref(),
-            Some("worker")
-        );
-        assert!(pick(&apps, Some("nope"), eco).is_err());
-    }
-}
-
 /// What `guard init` guessed, as the config it writes.
 struct Guessed {
     name: String,
@@ -311,4 +271,44 @@ fn write_new(out: &Path, text: &str) -> Result<()> {
     f.write_all(text.as_bytes())
         .and_then(|()| f.sync_all())
         .with_context(|| format!("writing {}", out.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_files_are_read_off_the_ecosystem_text() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("env.env"), "PORT=4100\n").unwrap();
+        let eco = dir.path().join("ecosystem.config.js");
+        std::fs::write(
+            &eco,
+            "env: loadEnv(path.join(__dirname, 'env.env')), other: 'x.env'",
+        )
+        .unwrap();
+        let files = env_files_loaded(&eco, dir.path());
+        assert_eq!(files, ["env.env"], "x.env does not exist");
+        assert_eq!(port_from(dir.path(), &files).as_deref(), Some("4100"));
+    }
+
+    #[test]
+    fn several_apps_need_a_name() {
+        let a = |n: &str| Declared {
+            name: Some(n.into()),
+            ..Declared::default()
+        };
+        let eco = Path::new("/srv/ecosystem.config.js");
+        let apps = [a("api"), a("worker")];
+        let err = pick(&apps, None, eco).unwrap_err().to_string();
+        assert!(
+            err.contains("--app NAME") && err.contains("api, worker"),
+            "{err}"
+        );
+        assert_eq!(
+            pick(&apps, Some("worker"), eco).unwrap().name.as_deref(),
+            Some("worker")
+        );
+        assert!(pick(&apps, Some("nope"), eco).is_err());
+    }
 }
