@@ -12,15 +12,17 @@ use serde::Deserialize;
 use crate::exit::usage;
 
 mod alert;
+mod raw;
 mod switch;
 mod watch;
 
+use alert::resolve_alert;
 pub use alert::{AlertConfig, SUCCESS_EVENTS, Secret};
-use alert::{RawAlert, resolve_alert};
+use raw::RawConfig;
+use switch::resolve_switch;
 pub use switch::{Proxy, SwitchConfig};
-use switch::{RawSwitch, resolve_switch};
 pub use watch::WatchConfig;
-use watch::{RawWatch, resolve_watch};
+use watch::resolve_watch;
 
 /// Everything a command needs to know about the app, validated.
 #[derive(Debug, Clone)]
@@ -73,17 +75,6 @@ pub struct HooksConfig {
     pub after_rollback: Option<String>,
     /// Limit for one hook.
     pub timeout: Duration,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawHooks {
-    before_restart: Option<String>,
-    after_success: Option<String>,
-    after_failure: Option<String>,
-    after_rollback: Option<String>,
-    #[serde(default, with = "humantime_serde")]
-    timeout: Option<Duration>,
 }
 
 /// `[deploy] strategy`: how a new release replaces the running one.
@@ -222,35 +213,6 @@ impl Pm2Config {
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    app: RawApp,
-    #[serde(default)]
-    backup: RawBackup,
-    #[serde(default)]
-    clean: RawClean,
-    #[serde(default)]
-    deploy: RawDeploy,
-    health: RawHealth,
-    #[serde(default)]
-    pm2: RawPm2,
-    #[serde(default)]
-    redact: RawRedact,
-    #[serde(default)]
-    check: RawCheck,
-    #[serde(default)]
-    watch: RawWatch,
-    #[serde(default)]
-    alert: RawAlert,
-    #[serde(default)]
-    hooks: RawHooks,
-    #[serde(default)]
-    switch: RawSwitch,
-}
-
-/// Every (key, value, min, max) within its bounds, or an error naming the first that is not:
-/// beyond bounds a person would use, an overflow or a wait of years is a typo.
 fn in_range(checks: &[(&str, Duration, Duration, Duration)]) -> std::result::Result<(), String> {
     for &(key, value, min, max) in checks {
         if value < min || value > max {
@@ -263,159 +225,6 @@ fn in_range(checks: &[(&str, Duration, Duration, Duration)]) -> std::result::Res
         }
     }
     Ok(())
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCheck {
-    #[serde(default = "default_max_restarts")]
-    max_restarts: u32,
-    #[serde(default = "default_min_uptime", with = "humantime_serde")]
-    min_uptime: Duration,
-    sentry_flag: Option<String>,
-}
-
-impl Default for RawCheck {
-    fn default() -> Self {
-        RawCheck {
-            max_restarts: default_max_restarts(),
-            min_uptime: default_min_uptime(),
-            sentry_flag: None,
-        }
-    }
-}
-
-fn default_max_restarts() -> u32 {
-    3
-}
-fn default_min_uptime() -> Duration {
-    Duration::from_secs(30)
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawApp {
-    name: String,
-    dir: PathBuf,
-    ecosystem: Option<PathBuf>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawBackup {
-    dir: Option<PathBuf>,
-    files: Option<Vec<PathBuf>>,
-    keep: Option<usize>,
-    #[serde(default)]
-    exclude: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawClean {
-    #[serde(default = "default_clean_paths")]
-    paths: Vec<PathBuf>,
-    #[serde(default = "default_clean_globs")]
-    globs: Vec<String>,
-    #[serde(default = "default_true")]
-    after_deploy: bool,
-}
-
-impl Default for RawClean {
-    fn default() -> Self {
-        RawClean {
-            paths: default_clean_paths(),
-            globs: default_clean_globs(),
-            after_deploy: true,
-        }
-    }
-}
-
-fn default_true() -> bool {
-    true
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRedact {
-    #[serde(default)]
-    readable: Vec<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawDeploy {
-    command: Option<String>,
-    strategy: Option<Strategy>,
-    port_env: Option<String>,
-    preflight_port: Option<u16>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawHealth {
-    url: String,
-    #[serde(default = "default_timeout", with = "humantime_serde")]
-    timeout: Duration,
-    #[serde(default = "default_deadline", with = "humantime_serde")]
-    deadline: Duration,
-    #[serde(default = "default_stable_for", with = "humantime_serde")]
-    stable_for: Duration,
-    #[serde(default = "default_interval", with = "humantime_serde")]
-    interval: Duration,
-    expect_body: Option<String>,
-    #[serde(default = "default_timeouts_in_a_row")]
-    timeouts_in_a_row: u32,
-    #[serde(default = "default_true")]
-    load_errors: bool,
-}
-
-fn default_timeouts_in_a_row() -> u32 {
-    3
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPm2 {
-    bin: Option<PathBuf>,
-    home: Option<PathBuf>,
-    node: Option<PathBuf>,
-    #[serde(default = "default_pm2_timeout", with = "humantime_serde")]
-    timeout: Duration,
-}
-
-impl Default for RawPm2 {
-    fn default() -> Self {
-        RawPm2 {
-            bin: None,
-            home: None,
-            node: None,
-            timeout: default_pm2_timeout(),
-        }
-    }
-}
-
-fn default_pm2_timeout() -> Duration {
-    Duration::from_secs(60)
-}
-
-fn default_clean_paths() -> Vec<PathBuf> {
-    vec!["dist".into()]
-}
-fn default_clean_globs() -> Vec<String> {
-    vec!["*.tar.gz".into()]
-}
-fn default_timeout() -> Duration {
-    Duration::from_secs(2)
-}
-fn default_deadline() -> Duration {
-    Duration::from_secs(60)
-}
-fn default_stable_for() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_interval() -> Duration {
-    Duration::from_millis(250)
 }
 
 /// Default number of incidents kept by retention.
