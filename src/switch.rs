@@ -28,6 +28,21 @@ pub struct Kept {
     pub incident: Option<String>,
     /// Until when it is kept (ms since the epoch).
     pub until_ms: i64,
+    /// When it stopped taking traffic (ms since the epoch): a process PM2 started after that
+    /// runs whatever files were on disk then (the new release), not the release it kept.
+    #[serde(default)]
+    pub since_ms: i64,
+}
+
+impl Kept {
+    /// Whether the kept process is still the one that ran the previous release: every instance
+    /// started before it was kept (PM2 restarted none since).
+    pub fn still_the_previous(&self, started_ms: &[Option<i64>]) -> bool {
+        !started_ms.is_empty()
+            && started_ms
+                .iter()
+                .all(|s| s.is_some_and(|s| s <= self.since_ms))
+    }
 }
 
 /// Which process serves, and which is kept.
@@ -146,7 +161,17 @@ mod tests {
             },
             incident: Some("20261202-101010".into()),
             until_ms,
+            since_ms: 500,
         }
+    }
+
+    #[test]
+    fn a_kept_process_pm2_restarted_since_is_not_the_previous_release() {
+        let k = kept(3000, 1_000);
+        assert!(k.still_the_previous(&[Some(100), Some(500)]));
+        assert!(!k.still_the_previous(&[Some(100), Some(501)]));
+        assert!(!k.still_the_previous(&[None]));
+        assert!(!k.still_the_previous(&[]));
     }
 
     #[test]

@@ -83,6 +83,7 @@ fn reconcile(
                 slot: s.live,
                 incident: None,
                 until_ms: 0,
+                since_ms: 0,
             }),
         },
         (Some(s), _) => s,
@@ -98,6 +99,7 @@ fn reconcile(
                 },
                 incident: None,
                 until_ms: 0,
+                since_ms: 0,
             }),
         },
         (None, None) => State::first(
@@ -359,6 +361,7 @@ async fn switch_to(
         slot: old.clone(),
         incident: Some(id.to_string()),
         until_ms: now_ms() + i64::try_from(sw.keep_previous.as_millis()).unwrap_or(i64::MAX),
+        since_ms: now_ms(),
     });
     st.save(ctx.store.dir(), &ctx.settings.app.name)?;
     if keep.is_some() {
@@ -451,7 +454,7 @@ pub async fn roll_back(ctx: &mut Ctx<'_>, tools: &Tools, target: &Verified) -> R
     let mut st = state(&ctx.settings, ctx.store.dir())?;
     let id = target.manifest.id.clone();
     if let Some(kept) = st.switch_back_to(&id, now_ms()).cloned()
-        && let Some(verdict) = warm(ctx, tools, &kept.slot).await
+        && let Some(verdict) = warm(ctx, tools, &kept).await
     {
         if let Err(why) = switch_to(ctx, tools, &mut st, kept.slot.clone(), None).await? {
             let mut v = verdict;
@@ -489,24 +492,36 @@ pub async fn roll_back(ctx: &mut Ctx<'_>, tools: &Tools, target: &Verified) -> R
 
 /// The kept release, if it still runs and answers: its verdict (it was verified when it was
 /// deployed; this is one more look).
-async fn warm(ctx: &mut Ctx<'_>, tools: &Tools, slot: &Slot) -> Option<Verdict> {
+async fn warm(ctx: &mut Ctx<'_>, tools: &Tools, kept: &Kept) -> Option<Verdict> {
     let t = Instant::now();
+    let slot = &kept.slot;
     let pm2 = tools.pm2.named(&slot.name);
     let mut health = ctx.settings.health.clone();
     let _ = health.url.set_port(Some(slot.port));
     let probe = Prober::new(&health).ok()?.probe().await;
     let instances = pm2.instances().await.unwrap_or_default();
     let online = crate::pm2::all_online(&instances);
-    if !online || !probe.outcome.passed() {
+    let started: Vec<Option<i64>> = instances.iter().map(|i| i.started_at_ms).collect();
+    let why = if !online || !probe.outcome.passed() {
+        Some(format!(
+            "{} instance(s), {}",
+            instances.len(),
+            probe.outcome
+        ))
+    } else if !kept.still_the_previous(&started) {
+        // PM2 restarted it after the switch: it loaded the files on disk then, the new release.
+        Some("PM2 restarted it since it was kept, so it runs the new release's files".to_string())
+    } else {
+        None
+    };
+    if let Some(why) = why {
         ctx.printer.step(
             StepName::Switch,
             StepState::Warn,
             t.elapsed(),
             format!(
-                "the release kept on port {} cannot be switched back to ({} instance(s), {}): it is started again instead",
-                slot.port,
-                instances.len(),
-                probe.outcome
+                "the release kept on port {} cannot be switched back to ({why}): it is started again instead",
+                slot.port
             ),
         );
         return None;

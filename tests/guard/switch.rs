@@ -309,3 +309,35 @@ fn guard_watch_follows_the_live_process_across_a_switch() {
     watch.signal(libc::SIGTERM);
     watch.finish(Duration::from_secs(15)).expect(0);
 }
+
+#[test]
+fn a_kept_release_pm2_restarted_is_never_switched_back_to() {
+    let app = App::with_strategy("switch", 1);
+    let other = free_port();
+    let nginx = Nginx::start(app.root.path(), app.name, app.port);
+    app.write_config(&nginx.switch_config([app.port, other], "0s", "10m"));
+    app.start_v1();
+    app.release("v2", "good");
+    app.guard(&["deploy"]).expect(0);
+    assert_eq!(through(&nginx).as_deref(), Some("v2"));
+    // The kept v1 process is restarted by PM2 (a crash, a memory limit): it loads the files on
+    // disk now, v2's, and answers as v2 on the kept port.
+    let out = app.pm2(&["restart", app.name]);
+    assert!(out.status.success());
+    assert!(wait_until(Duration::from_secs(10), || app
+        .version()
+        .as_deref()
+        == Some("v2")));
+    let poller = Poller::start(nginx.port);
+    let run = app.guard(&["rollback", "latest"]);
+    assert_no_failure(poller, "rollback to a restarted kept release");
+    run.expect(0);
+    assert!(
+        run.stdout.contains("PM2 restarted it since it was kept"),
+        "{}",
+        run.stdout
+    );
+    // Not a switch to the restarted process: v1 started again from the restored files.
+    assert_eq!(through(&nginx).as_deref(), Some("v1"));
+    assert!(app.read("release.json").contains("v1"));
+}
