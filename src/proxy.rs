@@ -73,7 +73,9 @@ pub async fn point(proxy: &Proxy, app: &str, host: &str, port: u16, dir: &Path) 
             test,
             reload,
         } => {
-            let before = match std::fs::read(upstream) {
+            // Never through a symlink: the file is put back as read, and a link swapped in
+            // would have guard copy another file's content into nginx's folder.
+            let before = match crate::store::read_small(upstream) {
                 Ok(b) => Some(b),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
                 Err(e) => return Err(e).with_context(|| format!("reading {}", upstream.display())),

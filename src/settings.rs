@@ -243,9 +243,19 @@ impl Settings {
     }
 
     fn load_as(config: Option<&Path>, at: Where) -> Result<Settings> {
+        let cwd = std::env::current_dir().context("reading the current folder")?;
         let path = match config {
             Some(p) => p.to_path_buf(),
-            None => discover(&std::env::current_dir().context("reading the current folder")?)?,
+            None => {
+                let found = discover(&cwd)?;
+                if found.parent() != Some(cwd.as_path()) {
+                    // Found above: read through the descriptor whose owner and mode were
+                    // checked, so a file swapped in after the look is never read.
+                    let text = read_trusted(&found, &cwd)?;
+                    return Settings::parse_as(&text, &found, at);
+                }
+                found
+            }
         };
         let path = std::path::absolute(&path)
             .with_context(|| format!("resolving config path {}", path.display()))?;
@@ -294,30 +304,60 @@ impl Settings {
 /// owns (`uploads/`) must not be able to hand it a config. None found: `./guard.toml`, whose
 /// read error says how to name one.
 fn discover(from: &Path) -> Result<PathBuf> {
-    use std::os::unix::fs::MetadataExt;
     let here = from.join("guard.toml");
     if here.exists() {
         return Ok(here);
     }
-    let me = rustix::process::geteuid().as_raw();
     for dir in from.ancestors().skip(1) {
         let candidate = dir.join("guard.toml");
-        let Ok(m) = std::fs::symlink_metadata(&candidate) else {
+        if std::fs::symlink_metadata(&candidate).is_err() {
             continue;
-        };
-        let owner_ok = m.uid() == me || m.uid() == 0;
-        if !m.is_file() || !owner_ok || m.mode() & 0o022 != 0 {
-            return Err(usage(format!(
-                "found {} above {}, but it is not a regular file of this user or root that only its owner may write (owner uid {}, mode {:o}): pass --config FILE",
-                candidate.display(),
-                from.display(),
-                m.uid(),
-                m.mode() & 0o7777
-            )));
         }
+        trusted(&candidate, from)?;
         return Ok(candidate);
     }
     Ok(here)
+}
+
+/// Open a config found above the current folder, never through a symlink, and check on the
+/// opened file that it is a regular file of this user or root that no one else may write.
+fn trusted(path: &Path, from: &Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::MetadataExt;
+    let refused = |why: String| {
+        usage(format!(
+            "found {} above {}, but {why}: pass --config FILE",
+            path.display(),
+            from.display()
+        ))
+    };
+    let f = crate::store::objects::open_nofollow(path).map_err(|e| {
+        refused(format!(
+            "it cannot be opened without following a link ({e})"
+        ))
+    })?;
+    let m = f
+        .metadata()
+        .map_err(|e| refused(format!("it cannot be inspected ({e})")))?;
+    let me = rustix::process::geteuid().as_raw();
+    if !m.is_file() || !(m.uid() == me || m.uid() == 0) || m.mode() & 0o022 != 0 {
+        return Err(refused(format!(
+            "it is not a regular file of this user or root that only its owner may write (owner uid {}, mode {:o})",
+            m.uid(),
+            m.mode() & 0o7777
+        )));
+    }
+    Ok(f)
+}
+
+/// The text of a config found above the current folder, read from the checked descriptor.
+fn read_trusted(path: &Path, from: &Path) -> Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    trusted(path, from)?
+        .take(1024 * 1024)
+        .read_to_string(&mut text)
+        .map_err(|e| usage(format!("cannot read config {}: {e}", path.display())))?;
+    Ok(text)
 }
 
 /// Where a config is read: on the server it configures (every path is checked), or offline
