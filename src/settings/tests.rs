@@ -189,4 +189,12 @@ fn a_config_is_found_upward_only_when_no_one_else_may_write_it() {
         err.contains("guard.toml") && err.contains("--config"),
         "{err}"
     );
+    // A symlink above is never followed, whatever it points at.
+    std::fs::remove_file(&cfg).unwrap();
+    let real = root.path().join("real.toml");
+    std::fs::write(&real, "").unwrap();
+    std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::symlink(&real, &cfg).unwrap();
+    let err = format!("{:#}", super::discover(&deep).unwrap_err());
+    assert!(err.contains("without following a link"), "{err}");
 }
