@@ -66,17 +66,8 @@ pub async fn run(ctx: &mut Ctx<'_>, args: &WatchArgs) -> Result<Done> {
 /// masked from here on. A destination whose token cannot be read is a config error: a
 /// watcher that cannot alert must not look like one that can.
 async fn alerting(ctx: &mut Ctx<'_>, tools: &Tools) -> Result<(Alerter, Option<Heartbeat>)> {
-    if let Ok(eco) = ops::ecosystem_path(ctx) {
-        let declared = crate::ecosystem::check(
-            &eco,
-            &ctx.settings.app.name,
-            tools.pm2.install_root().as_deref(),
-        )
-        .await
-        .ok()
-        .flatten();
-        ops::inspect::learn_ecosystem_env(ctx, declared.as_ref());
-    }
+    let declared = ops::declared(ctx, &tools.pm2).await;
+    ops::inspect::learn_ecosystem_env(ctx, declared.as_ref());
     let mut redactor = ctx.printer.redactor().clone();
     let alerter =
         Alerter::new(&ctx.settings.alert, &mut redactor).map_err(|e| usage(format!("{e:#}")))?;

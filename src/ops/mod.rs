@@ -202,6 +202,16 @@ pub fn ecosystem_path(ctx: &Ctx<'_>) -> Result<std::path::PathBuf> {
     crate::ecosystem::locate(ctx.settings.app.ecosystem.as_deref(), &ctx.settings.app.dir)
 }
 
+/// What the app's ecosystem file declares for the app, loaded as PM2 loads it; None when it
+/// cannot be found or loaded (the callers that must refuse then use `ecosystem::check`).
+pub async fn declared(ctx: &Ctx<'_>, pm2: &Pm2) -> Option<crate::ecosystem::Declared> {
+    let eco = ecosystem_path(ctx).ok()?;
+    crate::ecosystem::check(&eco, &ctx.settings.app.name, pm2.install_root().as_deref())
+        .await
+        .ok()
+        .flatten()
+}
+
 /// With `clean.after_deploy`, the app's script and cwd must not lie inside a `clean.paths`
 /// entry: guard would delete them after every deploy step. Err says why and how to fix it.
 pub fn script_outside_clean(

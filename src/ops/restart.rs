@@ -23,20 +23,8 @@ pub async fn restart(
     running: Option<Vec<crate::pm2::Instance>>,
 ) -> Result<Offsets, Verdict> {
     let t = Instant::now();
-    let failed = |e: anyhow::Error, ctx: &mut Ctx<'_>| {
-        ctx.printer.step(
-            StepName::Restart,
-            StepState::Failed,
-            t.elapsed(),
-            format!("{e:#}"),
-        );
-        Verdict::new(
-            Reason::RestartFailed {
-                error: format!("{e:#}"),
-            },
-            t.elapsed(),
-        )
-    };
+    let failed =
+        |e: anyhow::Error, ctx: &mut Ctx<'_>| could_not_start(ctx, StepName::Restart, t, &e);
     let ecosystem = match super::ecosystem_path(ctx) {
         Ok(e) => e,
         Err(e) => return Err(failed(e, ctx)),
@@ -66,6 +54,23 @@ pub async fn restart(
         }
         Err(e) => Err(failed(e, ctx)),
     }
+}
+
+/// PM2 could not even start (or reload) it: the step fails, and the verdict says why.
+pub fn could_not_start(
+    ctx: &mut Ctx<'_>,
+    step: StepName,
+    t: Instant,
+    e: &anyhow::Error,
+) -> Verdict {
+    ctx.printer
+        .step(step, StepState::Failed, t.elapsed(), format!("{e:#}"));
+    Verdict::new(
+        Reason::RestartFailed {
+            error: format!("{e:#}"),
+        },
+        t.elapsed(),
+    )
 }
 
 /// Why PM2's rolling reload cannot put this release in place, if it cannot: it keeps a
@@ -120,20 +125,8 @@ pub fn reload_blocker(
 /// PM2's rolling reload as a step (see [`reload_blocker`] for when it applies).
 pub async fn reload(ctx: &mut Ctx<'_>, tools: &Tools) -> Result<Offsets, Verdict> {
     let t = Instant::now();
-    let failed = |e: anyhow::Error, ctx: &mut Ctx<'_>| {
-        ctx.printer.step(
-            StepName::Reload,
-            StepState::Failed,
-            t.elapsed(),
-            format!("{e:#}"),
-        );
-        Verdict::new(
-            Reason::RestartFailed {
-                error: format!("{e:#}"),
-            },
-            t.elapsed(),
-        )
-    };
+    let failed =
+        |e: anyhow::Error, ctx: &mut Ctx<'_>| could_not_start(ctx, StepName::Reload, t, &e);
     let ecosystem = match super::ecosystem_path(ctx) {
         Ok(e) => e,
         Err(e) => return Err(failed(e, ctx)),

@@ -313,14 +313,7 @@ async fn reload_fits(ctx: &mut Ctx<'_>, tools: &Tools) -> bool {
         return false;
     };
     let running = tools.pm2.instances().await.unwrap_or_default();
-    let declared = crate::ecosystem::check(
-        &eco,
-        &ctx.settings.app.name,
-        tools.pm2.install_root().as_deref(),
-    )
-    .await
-    .ok()
-    .flatten();
+    let declared = super::declared(ctx, &tools.pm2).await;
     match restart::reload_blocker(&running, declared.as_ref(), &eco) {
         None => true,
         Some(why) => {

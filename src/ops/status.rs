@@ -65,13 +65,7 @@ pub async fn gather(ctx: &mut Ctx<'_>, tools: &Tools) -> Result<Observed> {
     let recent_crashes = crate::pm2log::crashes_since(pm2.home(), pm2.name(), since);
     let saved_in_dump = crate::pm2::dump_entries(&pm2.home().join("dump.pm2"))
         .is_ok_and(|d| d.iter().any(|(n, _)| n == pm2.name()));
-    let declared = match super::ecosystem_path(ctx) {
-        Ok(e) => ecosystem::check(&e, &ctx.settings.app.name, pm2.install_root().as_deref())
-            .await
-            .ok()
-            .flatten(),
-        Err(_) => None,
-    };
+    let declared = super::declared(ctx, pm2).await;
     inspect::learn_ecosystem_env(ctx, declared.as_ref());
     let sentry_files = inspect::sentry_state(ctx, declared.as_ref());
     let code = super::current_commit(ctx).await;

@@ -283,20 +283,7 @@ async fn start_and_verify(
             )
             .await?
         }
-        Err(e) => {
-            ctx.printer.step(
-                StepName::Start,
-                StepState::Failed,
-                t.elapsed(),
-                format!("{e:#}"),
-            );
-            Verdict::new(
-                Reason::RestartFailed {
-                    error: format!("{e:#}"),
-                },
-                t.elapsed(),
-            )
-        }
+        Err(e) => restart::could_not_start(ctx, StepName::Start, t, &e),
     };
     restart::print_verdict(ctx, &verdict);
     if verdict.healthy {
