@@ -20,7 +20,7 @@ scripts/build-portable.sh $check
 profile=release
 if [ -n "$check" ]; then profile=portable-check; fi
 bin="target/portable/x86_64-unknown-linux-gnu/$profile/guard"
-version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+version=$(awk -F'"' '/^version = /{print $2; exit}' Cargo.toml)
 root=target/deb/root
 rm -rf "$root"
 install -D -m 0755 "$bin" "$root/usr/bin/guard"

@@ -27,7 +27,7 @@ if ! cmp -s examples/ansible/requirements.txt "$stamp" 2>/dev/null; then
   target/ansible-venv/bin/pip install --quiet --disable-pip-version-check -r examples/ansible/requirements.txt
   cp examples/ansible/requirements.txt "$stamp"
 fi
-target/ansible-venv/bin/ansible-playbook --version | head -n 1
+target/ansible-venv/bin/ansible-playbook --version | sed -n 1p
 echo "==> ansible-lint --profile production examples/ansible/rollout.yml"
 (cd examples/ansible && PATH="$PWD/../../target/ansible-venv/bin:$PATH" ansible-lint --offline --nocolor --profile production rollout.yml)
 
@@ -47,7 +47,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 "$(command -v nginx || echo /usr/sbin/nginx)" -v
-promtool --version 2>&1 | head -n 1
+promtool --version 2>&1 | sed -n 1p
 
 echo "==> cargo fmt --check"
 cargo fmt --check
