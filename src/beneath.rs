@@ -168,6 +168,72 @@ fn empty_dir(dir: BorrowedFd<'_>) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Replace `rel` beneath `root` with `bytes` (permission bits `mode`), atomically: missing
+/// folders on its path are created with `mkdirat`, a temporary file is created `O_EXCL` beside
+/// it, written, synced and renamed over it, all through descriptors. A symlink on any
+/// component of the path is refused, never written through.
+pub fn write_file(root: &Root, shown: &Path, rel: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    use std::io::Write;
+    let name = rel
+        .file_name()
+        .with_context(|| format!("{} has no file name", shown.display()))?;
+    let mut dir = root.open_dir(Path::new(""))?;
+    if let Some(parent) = rel.parent() {
+        for c in parent.components() {
+            let Component::Normal(part) = c else {
+                anyhow::bail!(
+                    "{}: not a plain path inside the app folder",
+                    shown.display()
+                );
+            };
+            match rustix::fs::mkdirat(&dir, part, Mode::from_raw_mode(0o755)) {
+                Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                Err(e) => {
+                    return Err(std::io::Error::from(e))
+                        .with_context(|| format!("creating the folders of {}", shown.display()));
+                }
+            }
+            dir = rustix::fs::openat(
+                &dir,
+                part,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(std::io::Error::from)
+            .with_context(|| {
+                format!(
+                    "{}: a folder on its path is not a real folder (a symlink?): refusing to write through it",
+                    shown.display()
+                )
+            })?;
+        }
+    }
+    let mut rnd = [0u8; 8];
+    rustix::rand::getrandom(&mut rnd, rustix::rand::GetRandomFlags::empty())
+        .context("reading random bytes for a temporary file's name")?;
+    let tmp = format!(".guard-tmp-{}", hex::encode(rnd));
+    let fd = rustix::fs::openat(
+        &dir,
+        tmp.as_str(),
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .map_err(std::io::Error::from)
+    .with_context(|| format!("creating a temporary file beside {}", shown.display()))?;
+    let mut file = File::from(fd);
+    let written = file
+        .write_all(bytes)
+        .and_then(|()| chmod_fd(file.as_fd(), mode))
+        .and_then(|()| file.sync_all())
+        .and_then(|()| Ok(rustix::fs::renameat(&dir, tmp.as_str(), &dir, name)?));
+    if let Err(e) = written {
+        let _ = rustix::fs::unlinkat(&dir, tmp.as_str(), AtFlags::empty());
+        return Err(e).with_context(|| format!("writing {}", shown.display()));
+    }
+    let _ = rustix::fs::fsync(&dir);
+    Ok(())
+}
+
 /// Set the mode of what `fd` is (never a symlink: it was opened `O_NOFOLLOW`).
 pub fn chmod_fd(fd: BorrowedFd<'_>, mode: u32) -> std::io::Result<()> {
     Ok(rustix::fs::fchmod(fd, Mode::from_raw_mode(mode))?)
@@ -211,6 +277,57 @@ mod tests {
             );
         }
         assert!(root.open_dir(Path::new("uploads/zz")).is_err());
+    }
+
+    #[test]
+    fn a_file_is_written_beneath_the_root_and_never_through_a_symlinked_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = dir.path().join("app");
+        let outside = dir.path().join("cron.d");
+        std::fs::create_dir_all(&app).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, app.join("config")).unwrap();
+        let root = Root::open(&app).unwrap();
+        let err = write_file(
+            &root,
+            &app.join("config/.env"),
+            Path::new("config/.env"),
+            b"K=v",
+            0o600,
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("not a real folder"), "{err:#}");
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+        write_file(
+            &root,
+            &app.join("deep/er/.env"),
+            Path::new("deep/er/.env"),
+            b"K=v",
+            0o640,
+        )
+        .unwrap();
+        let p = app.join("deep/er/.env");
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "K=v");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
+        std::os::unix::fs::symlink(outside.join("x"), app.join("link.env")).unwrap();
+        write_file(
+            &root,
+            &app.join("link.env"),
+            Path::new("link.env"),
+            b"new",
+            0o600,
+        )
+        .unwrap();
+        assert!(!outside.join("x").exists(), "written through the link");
+        assert!(
+            std::fs::symlink_metadata(app.join("link.env"))
+                .unwrap()
+                .is_file()
+        );
     }
 
     #[test]

@@ -47,12 +47,6 @@ impl Git {
         Ok(self.call_raw(args).await?.stdout_text())
     }
 
-    /// The repository's git folder (absolute).
-    pub async fn git_dir(&self) -> Result<PathBuf> {
-        let out = self.call(&["rev-parse", "--absolute-git-dir"]).await?;
-        Ok(PathBuf::from(out.trim()))
-    }
-
     /// The commit checked out.
     pub async fn head(&self) -> Result<String> {
         Ok(self.call(&["rev-parse", "HEAD"]).await?.trim().to_string())

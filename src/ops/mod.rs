@@ -112,11 +112,19 @@ pub async fn lock(ctx: &mut Ctx<'_>) -> Result<Lock> {
         );
         // A git command of that step, killed half-way, leaves git's index lock behind, and
         // every git command after it would fail. It was stopped here, under guard's lock.
-        if let Some(git) = Git::open(&ctx.settings.app.dir).await
-            && let Ok(dir) = git.git_dir().await
+        // Only app.dir's own `.git` folder, opened without following a link: a `.git` file
+        // or symlink of the app user's could point root's unlink anywhere.
+        if Git::open(&ctx.settings.app.dir).await.is_some()
+            && let Ok(root) = crate::beneath::Root::open(&ctx.settings.app.dir)
+            && let Ok(git_dir) = root.open_dir(std::path::Path::new(".git"))
+            && crate::beneath::kind_at(
+                std::os::fd::AsFd::as_fd(&git_dir),
+                std::ffi::OsStr::new("index.lock"),
+            )
+            .is_ok_and(|k| k == Some(rustix::fs::FileType::RegularFile))
         {
-            let stale = dir.join("index.lock");
-            if stale.exists() && std::fs::remove_file(&stale).is_ok() {
+            let stale = ctx.settings.app.dir.join(".git/index.lock");
+            if rustix::fs::unlinkat(&git_dir, "index.lock", rustix::fs::AtFlags::empty()).is_ok() {
                 ctx.printer.step(
                     StepName::Lock,
                     StepState::Warn,

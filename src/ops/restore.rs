@@ -8,7 +8,6 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 
 use super::{Ctx, Tools, restart};
-use crate::atomic;
 use crate::exit::usage;
 use crate::git::Git;
 use crate::output::{StepName, StepState};
@@ -215,6 +214,9 @@ pub async fn put_back(ctx: &mut Ctx<'_>, target: &Verified) -> Result<Restored> 
                 }
             }
             Part::Files { files } => {
+                // Through descriptors: the app's user may have swapped a folder on the way
+                // for a symlink, and root must never write an env file through it.
+                let beneath = crate::beneath::Root::open(&app_dir)?;
                 for entry in files {
                     let Some(rel) = entry.app_path() else {
                         continue;
@@ -222,12 +224,14 @@ pub async fn put_back(ctx: &mut Ctx<'_>, target: &Verified) -> Result<Restored> 
                     let bytes = std::fs::read(target.stored(entry))
                         .with_context(|| format!("reading {}", target.stored(entry).display()))?;
                     let dest = app_dir.join(rel);
-                    if let Some(parent) = dest.parent() {
-                        std::fs::create_dir_all(parent)
-                            .with_context(|| format!("creating {}", parent.display()))?;
-                    }
-                    atomic::write(&dest, &bytes, entry.mode & 0o777)
-                        .with_context(|| format!("restoring {}", dest.display()))?;
+                    crate::beneath::write_file(
+                        &beneath,
+                        &dest,
+                        std::path::Path::new(rel),
+                        &bytes,
+                        entry.mode & 0o777,
+                    )
+                    .with_context(|| format!("restoring {}", dest.display()))?;
                 }
                 said.push(format!("{} file(s) restored", files.len()));
             }
