@@ -38,6 +38,13 @@ impl Root {
         Ok(Root { fd })
     }
 
+    /// A second handle on the same folder (the same inode, not the path looked up again).
+    pub fn try_clone(&self) -> std::io::Result<Root> {
+        Ok(Root {
+            fd: rustix::io::dup(self.fd())?,
+        })
+    }
+
     /// The root's own descriptor.
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()

@@ -32,6 +32,8 @@ mod settings;
 mod signals;
 mod store;
 mod switch;
+#[cfg(test)]
+mod testing;
 mod verdict;
 mod verify;
 

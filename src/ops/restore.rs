@@ -135,6 +135,8 @@ pub struct Restored {
     pub tree: Option<Vec<tree::Entry>>,
     /// The files it wrote, with their stat right after.
     pub written: tree::Written,
+    /// What it replaced: deleted when this is dropped, so hold it until the app answers.
+    pub trash: crate::store::swap::Trash,
 }
 
 /// Put code and files back as the incident recorded them. Does not touch PM2.
@@ -150,13 +152,14 @@ pub async fn put_back(ctx: &mut Ctx<'_>, target: &Verified) -> Result<Restored> 
     let short = |c: &str| Code::commit(c).short().to_string();
     let tree_entries = tree_without_artifacts(ctx, target)?;
     let mut written = tree::Written::new();
+    let mut trash = crate::store::swap::Trash::none();
     if let Some(entries) = &tree_entries {
         tracing::debug!(entries = entries.len(), took = ?t.elapsed(), "index read");
         let plan = tree::plan(&app_dir, &ctx.settings.backup.exclude, entries)?;
-        tracing::debug!(write = plan.write.len(), remove = plan.remove.len(), took = ?t.elapsed(), "restore planned");
+        tracing::debug!(write = plan.written_count(), remove = plan.remove.len(), whole = plan.whole.len(), took = ?t.elapsed(), "restore planned");
         // Contents are staged and checked against their hashes before anything changes.
-        written = match tree::apply(&app_dir, &plan, &ctx.store.objects()) {
-            Ok(w) => w,
+        let applied = match tree::apply(&app_dir, &plan, &ctx.store.objects()) {
+            Ok(a) => a,
             Err(e) if e.downcast_ref::<tree::BadObject>().is_some() => {
                 return Err(usage(format!(
                     "incident {} is broken: {e:#}; nothing was changed",
@@ -167,13 +170,24 @@ pub async fn put_back(ctx: &mut Ctx<'_>, target: &Verified) -> Result<Restored> 
                 return Err(e).with_context(|| format!("restoring {}", app_dir.display()));
             }
         };
+        (written, trash) = (applied.written, applied.trash);
         tracing::debug!(took = ?t.elapsed(), "tree restored");
         said.push(if plan.is_empty() {
             format!("tree unchanged ({} file(s))", plan.unchanged)
         } else {
+            let whole: Vec<String> = plan
+                .whole
+                .iter()
+                .map(|w| format!("{}/", w.dir.display()))
+                .collect();
             format!(
-                "tree: {} written, {} removed, {} unchanged",
-                plan.write.len(),
+                "tree: {} written{}, {} removed, {} unchanged",
+                plan.written_count(),
+                if whole.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({} swapped in whole)", whole.join(", "))
+                },
                 plan.remove.len(),
                 plan.unchanged
             )
@@ -248,6 +262,7 @@ pub async fn put_back(ctx: &mut Ctx<'_>, target: &Verified) -> Result<Restored> 
         at_ms: jiff::Timestamp::now().as_millisecond(),
         tree: tree_entries,
         written,
+        trash,
     })
 }
 
@@ -304,6 +319,9 @@ pub async fn restore_and_restart(
     if verdict.healthy {
         restart::save_step(ctx, tools).await;
     }
+    // What the restore replaced (a whole old node_modules) is deleted only now: the app was
+    // started and judged without waiting for it.
+    restored.trash.empty();
     Ok(verdict)
 }
 

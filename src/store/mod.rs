@@ -18,6 +18,7 @@ pub mod compare;
 pub mod manifest;
 pub mod objects;
 pub mod retention;
+pub mod swap;
 pub mod tree;
 
 use std::collections::HashSet;

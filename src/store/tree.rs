@@ -222,12 +222,25 @@ pub struct Found {
 /// Every path under `root` that is not excluded, parents before children, sorted; symlinks
 /// are not followed; sockets, FIFOs and devices are left out (and left alone).
 pub fn scan(root: &Path, excludes: &Excludes) -> Result<Vec<Found>> {
-    let mut out = Vec::new();
-    scan_into(root, Path::new(""), excludes, &mut out)?;
-    Ok(out)
+    Ok(scan_noting_skipped(root, excludes)?.0)
 }
 
-fn scan_into(root: &Path, rel: &Path, excludes: &Excludes, out: &mut Vec<Found>) -> Result<()> {
+/// [`scan`], and the paths it left out (excluded, staging, sockets, FIFOs, devices): a
+/// restore must leave them where they are.
+pub fn scan_noting_skipped(root: &Path, excludes: &Excludes) -> Result<(Vec<Found>, Vec<PathBuf>)> {
+    let mut out = Vec::new();
+    let mut skipped = Vec::new();
+    scan_into(root, Path::new(""), excludes, &mut out, &mut skipped)?;
+    Ok((out, skipped))
+}
+
+fn scan_into(
+    root: &Path,
+    rel: &Path,
+    excludes: &Excludes,
+    out: &mut Vec<Found>,
+    skipped: &mut Vec<PathBuf>,
+) -> Result<()> {
     let dir = root.join(rel);
     let mut names: Vec<_> = fs::read_dir(&dir)
         .with_context(|| format!("reading {}", dir.display()))?
@@ -241,10 +254,11 @@ fn scan_into(root: &Path, rel: &Path, excludes: &Excludes, out: &mut Vec<Found>)
         let meta = fs::symlink_metadata(&full)
             .with_context(|| format!("inspecting {}", full.display()))?;
         let ft = meta.file_type();
-        if !(ft.is_dir() || ft.is_file() || ft.is_symlink()) {
-            continue;
-        }
-        if excludes.excluded(&child, ft.is_dir()) || is_staging(root, &child) {
+        if !(ft.is_dir() || ft.is_file() || ft.is_symlink())
+            || excludes.excluded(&child, ft.is_dir())
+            || is_staging(root, &child)
+        {
+            skipped.push(child);
             continue;
         }
         let is_dir = ft.is_dir();
@@ -253,7 +267,7 @@ fn scan_into(root: &Path, rel: &Path, excludes: &Excludes, out: &mut Vec<Found>)
             meta,
         });
         if is_dir {
-            scan_into(root, &child, excludes, out)?;
+            scan_into(root, &child, excludes, out, skipped)?;
         }
     }
     Ok(())
