@@ -1,6 +1,7 @@
 //! Unit tests of restoring a tree (split from apply.rs for size).
 use super::super::compare::differences;
 use super::super::tree::tests::{setup, snap};
+use super::super::tree::{Cache, capture};
 use super::*;
 use std::os::unix::fs::symlink;
 
@@ -342,4 +343,97 @@ fn a_full_disk_while_staging_says_no_space_how_much_and_where_and_changes_nothin
         );
     }
     assert!(!staging_left(&app));
+}
+
+/// A second user (nobody, on its own thread with its own credentials) owning the app folder
+/// swaps folders for symlinks as fast as it can while root snapshots and restores: root never
+/// reads a file outside app.dir into the store and never writes anything outside it. The
+/// deterministic versions (one swap at each point) are the tests above; this one races.
+#[test]
+#[cfg_attr(
+    not(feature = "real-pm2"),
+    ignore = "needs root, to race as another user: the real tier (scripts/test.sh)"
+)]
+fn a_second_user_racing_snapshots_and_restores_never_gets_root_to_read_or_write_outside() {
+    use crate::testing::{NOBODY, as_user};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (root, app, objs) = setup();
+    fs::set_permissions(root.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let secret = root.path().join("root-only");
+    fs::create_dir_all(&secret).unwrap();
+    fs::write(secret.join("x.js"), "root's secret").unwrap();
+    fs::write(secret.join("index.js"), "root's secret").unwrap();
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o700)).unwrap();
+    let cron = root.path().join("cron.d");
+    fs::create_dir_all(&cron).unwrap();
+    fs::set_permissions(&cron, fs::Permissions::from_mode(0o700)).unwrap();
+    fs::create_dir_all(app.join("uploads/zz")).unwrap();
+    fs::write(app.join("uploads/zz/x.js"), "user's").unwrap();
+    chown_tree(&app, NOBODY, NOBODY);
+    let ex = Excludes::default();
+    let entries = snap(root.path(), &app, &objs, &ex, "idx0");
+    let stop = AtomicBool::new(false);
+    let swaps = std::sync::atomic::AtomicU64::new(0);
+    let mut refused = 0u32;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let _user = as_user(NOBODY, NOBODY);
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                // Swap a folder guard reads (uploads/zz) and one it writes (dist) for links,
+                // and any staging folder of guard's it can rename, then put them back.
+                let _ = fs::rename(app.join("uploads/zz"), app.join(format!("uploads/real{i}")));
+                if std::os::unix::fs::symlink(&secret, app.join("uploads/zz")).is_ok() {
+                    swaps.fetch_add(1, Ordering::Relaxed);
+                }
+                let _ = fs::rename(app.join("dist"), app.join(format!("dist-real{i}")));
+                let _ = std::os::unix::fs::symlink(&cron, app.join("dist"));
+                if let Ok(rd) = fs::read_dir(&app) {
+                    for e in rd.flatten() {
+                        let n = e.file_name();
+                        if n.to_string_lossy().starts_with(STAGING_PREFIX)
+                            && fs::rename(e.path(), app.join(format!("taken{i}"))).is_ok()
+                        {
+                            let _ = std::os::unix::fs::symlink(&cron, e.path());
+                        }
+                    }
+                }
+                std::thread::yield_now();
+                let _ = fs::remove_file(app.join("uploads/zz"));
+                let _ = fs::rename(app.join(format!("uploads/real{i}")), app.join("uploads/zz"));
+                let _ = fs::remove_file(app.join("dist"));
+                let _ = fs::rename(app.join(format!("dist-real{i}")), app.join("dist"));
+            }
+        });
+        for round in 0..150 {
+            // Root's side: a snapshot, then a restore of the first one; either may fail (the
+            // tree keeps changing under it) but neither may reach outside.
+            let captured = capture(
+                &app,
+                &ex,
+                &objs,
+                &Cache::new(),
+                &root.path().join(format!("idx{round}")),
+            );
+            refused += u32::from(captured.is_err());
+            if let Ok(p) = plan(&app, &ex, &entries) {
+                let _ = apply(&app, &p, &objs);
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    // The race was on: the user swapped folders while root worked, and root saw it.
+    assert!(
+        swaps.load(Ordering::Relaxed) > 10,
+        "the second user never got to swap"
+    );
+    assert!(refused > 0, "no snapshot ever met a swapped folder");
+    let (hash, _) = hash_reader("root's secret".as_bytes()).unwrap();
+    assert!(!objs.has(&hash), "root's file reached the store");
+    assert_eq!(
+        fs::read_dir(&cron).unwrap().count(),
+        0,
+        "root wrote outside app.dir"
+    );
 }
