@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # guard's whole test suite on a fresh machine with Rust, Node.js/npm and Python 3: installs the
 # pinned pm2 locally (tests/node, no global install, no sudo) and ansible-core into a
-# virtualenv (target/ansible-venv), nginx and promtool (Debian packages, as root) when missing,
+# virtualenv (target/ansible-venv), nginx, promtool, zsh and fish (Debian packages, as root)
+# when missing,
 # checks format and lints, runs the unit tests and the
 # integration tests against real PM2, git, HTTP on 127.0.0.1 and Ansible, checks that the
 # portable build needs glibc 2.17 at most, packages it as a .deb installed with dpkg, and runs
@@ -31,12 +32,15 @@ target/ansible-venv/bin/ansible-playbook --version | sed -n 1p
 echo "==> ansible-lint --profile production examples/ansible/rollout.yml"
 (cd examples/ansible && PATH="$PWD/../../target/ansible-venv/bin:$PATH" ansible-lint --offline --nocolor --profile production rollout.yml)
 
-# nginx (the switch tests put a real one in front of the app) and promtool (the metrics test
-# checks guard watch --metrics with it): Debian's packages, installed when missing.
-echo "==> nginx and promtool (Debian's nginx-light and prometheus when missing)"
+# nginx (the switch tests put a real one in front of the app), promtool (the metrics test
+# checks guard watch --metrics with it), zsh and fish (the completion tests run them):
+# Debian's packages, installed when missing.
+echo "==> nginx, promtool, zsh, fish (Debian's packages when missing)"
 missing=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v zsh >/dev/null 2>&1 || missing+=(zsh)
+command -v fish >/dev/null 2>&1 || missing+=(fish)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     apt-get update -qq

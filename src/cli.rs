@@ -302,13 +302,71 @@ _guard_incidents() {
 complete -F _guard_incidents -o nosort -o bashdefault -o default guard
 "#;
 
+/// Zsh: the same, then clap's own completion for everything else. Put in place of the end of
+/// clap's script, so the first completion (when zsh autoloads `_guard`) already offers them.
+const ZSH_INCIDENTS: &str = r#"
+_guard_incidents() {
+    setopt localoptions extendedglob
+    local i config=()
+    for ((i = 2; i < CURRENT; i++)); do
+        if [[ ${words[i]} == --config ]]; then config=(--config "${words[i+1]}"); fi
+        if [[ ${words[i]} == (rollback|diff|verify) && ${words[CURRENT]} != -* && ${words[CURRENT-1]} != --config ]]; then
+            local -a ids
+            ids=(${(f)"$("${words[1]}" "${config[@]}" incidents --ids 2>/dev/null)"})
+            ids=(${(M)ids:#(latest|[0-9](#c8)-[0-9](#c6))})
+            compadd -V incidents -- "${ids[@]}"
+            return
+        fi
+    done
+    _guard "$@"
+}
+
+if [ "$funcstack[1]" = "_guard" ]; then
+    _guard_incidents "$@"
+else
+    compdef _guard_incidents guard
+fi
+"#;
+
+/// The end of clap's zsh script, replaced by [`ZSH_INCIDENTS`].
+const ZSH_CLAP_END: &str = r#"if [ "$funcstack[1]" = "_guard" ]; then
+    _guard "$@"
+else
+    compdef _guard guard
+fi
+"#;
+
+/// Fish: the same, beside clap's completions.
+const FISH_INCIDENTS: &str = r#"
+function __guard_incident_ids
+    set -l tokens (commandline -opc)
+    set -l config
+    set -l i (contains -i -- --config $tokens)
+    if test -n "$i"
+        set config --config $tokens[(math $i + 1)]
+    end
+    $tokens[1] $config incidents --ids 2>/dev/null | string match -r '^(latest|[0-9]{8}-[0-9]{6})$'
+end
+complete -c guard -n '__fish_seen_subcommand_from rollback diff verify' -f -a '(__guard_incident_ids)'
+"#;
+
 /// Write the completion script for `shell` to `out`.
 pub fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
     let mut cmd = <Cli as clap::CommandFactory>::command();
-    clap_complete::generate(shell, &mut cmd, "guard", out);
-    if shell == clap_complete::Shell::Bash {
-        let _ = out.write_all(BASH_INCIDENTS.as_bytes());
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "guard", &mut script);
+    let mut script = String::from_utf8_lossy(&script).into_owned();
+    match shell {
+        clap_complete::Shell::Bash => script.push_str(BASH_INCIDENTS),
+        clap_complete::Shell::Fish => script.push_str(FISH_INCIDENTS),
+        clap_complete::Shell::Zsh => match script.rfind(ZSH_CLAP_END) {
+            Some(at) => script.replace_range(at.., ZSH_INCIDENTS),
+            // clap changed its script's end: its own completion still works, without ids.
+            None => {}
+        },
+        _ => {}
     }
+    let _ = out.write_all(script.as_bytes());
 }
 
 /// The sections clap does not write: what every page of guard shares.
@@ -433,6 +491,12 @@ mod tests {
             let text = String::from_utf8(out).unwrap();
             for word in ["rollback", "incidents", "watch", "json"] {
                 assert!(text.contains(word), "{shell}: no {word}");
+            }
+            if shell != clap_complete::Shell::Bash {
+                assert!(
+                    text.contains("incidents --ids") && !text.contains("compdef _guard guard"),
+                    "{shell}: no incident ids"
+                );
             }
         }
         let mut out = Vec::new();

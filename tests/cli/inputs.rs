@@ -117,6 +117,76 @@ fn bash_completes_rollback_with_latest_and_the_incident_ids() {
     );
 }
 
+/// The completion script of `shell`, written next to the app, and the PATH that finds guard.
+fn completion_script(app: &App, shell: &str, name: &str) -> (std::path::PathBuf, String) {
+    let script = app.root.path().join(name);
+    let out = app.guard_cmd(&["completions", shell]).output().unwrap();
+    std::fs::write(&script, &out.stdout).unwrap();
+    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_guard"))
+        .parent()
+        .unwrap();
+    (script, format!("{}:/usr/bin:/bin", bin_dir.display()))
+}
+
+#[test]
+fn zsh_and_fish_complete_rollback_with_latest_and_the_incident_ids() {
+    let app = App::offline();
+    std::fs::create_dir_all(app.backups.join("incident-20261202-101010")).unwrap();
+    // fish answers `complete -C` for a command line as it would at a prompt: the real thing.
+    let (fish_script, path) = completion_script(&app, "fish", "guard.fish");
+    let out = std::process::Command::new("fish")
+        .arg("--no-config")
+        .arg("-c")
+        .arg(format!(
+            "source {}; complete -C 'guard --config {} rollback '",
+            fish_script.display(),
+            app.config.display()
+        ))
+        .env("PATH", &path)
+        .env("PM2_HOME", &app.pm2_home)
+        .output()
+        .expect("fish is needed by this test (scripts/test.sh installs it as root)");
+    let offered = String::from_utf8_lossy(&out.stdout);
+    let words: Vec<&str> = offered
+        .lines()
+        .map(|l| l.split('\t').next().unwrap())
+        .collect();
+    assert!(
+        words.contains(&"latest") && words.contains(&"20261202-101010"),
+        "fish offered {offered:?}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // zsh: the completion function itself, run by real zsh with the words of that line;
+    // only `compadd` (a builtin that works inside a completion widget alone) is replaced by
+    // a function printing what it was given, and `compdef` by a no-op.
+    let (zsh_script, path) = completion_script(&app, "zsh", "_guard");
+    let check = format!(
+        "compadd() {{ while [[ $1 != -- ]]; do shift; done; shift; print -l -- \"$@\"; }}\n\
+         compdef() {{ : }}\n\
+         source {}\n\
+         words=(guard --config {} rollback '')\n\
+         CURRENT=5\n\
+         _guard_incidents",
+        zsh_script.display(),
+        app.config.display()
+    );
+    let out = std::process::Command::new("zsh")
+        .arg("-f")
+        .arg("-c")
+        .arg(&check)
+        .env("PATH", &path)
+        .env("PM2_HOME", &app.pm2_home)
+        .output()
+        .expect("zsh is needed by this test (scripts/test.sh installs it as root)");
+    let offered = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        offered.split_whitespace().collect::<Vec<_>>(),
+        ["latest", "20261202-101010"],
+        "zsh offered {offered:?}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn check_offline_validates_the_config_without_the_app_folder() {
     let app = App::offline();
