@@ -359,11 +359,13 @@ pub fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
     match shell {
         clap_complete::Shell::Bash => script.push_str(BASH_INCIDENTS),
         clap_complete::Shell::Fish => script.push_str(FISH_INCIDENTS),
-        clap_complete::Shell::Zsh => match script.rfind(ZSH_CLAP_END) {
-            Some(at) => script.replace_range(at.., ZSH_INCIDENTS),
-            // clap changed its script's end: its own completion still works, without ids.
-            None => {}
-        },
+        // If clap changed its script's end, its own completion still works, without ids
+        // (the unit test below catches that).
+        clap_complete::Shell::Zsh => {
+            if let Some(at) = script.rfind(ZSH_CLAP_END) {
+                script.replace_range(at.., ZSH_INCIDENTS);
+            }
+        }
         _ => {}
     }
     let _ = out.write_all(script.as_bytes());
