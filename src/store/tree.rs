@@ -406,8 +406,19 @@ fn capture_found(
                     mode = meta.permissions().mode() & 0o777;
                     let (h, n) = hash_reader(&mut file)
                         .with_context(|| format!("reading {}", full.display()))?;
-                    if objects.has_sized(&h, n) {
+                    // Reused only if the stored copy still verifies: one flipped bit in an
+                    // object must not be carried into every later snapshot. Guard holds the
+                    // right bytes here, so a bad copy is replaced from them.
+                    if objects.has_sized(&h, n) && objects.check(&h, n).is_ok() {
                         (h, n)
+                    } else if objects.has_sized(&h, n) {
+                        std::io::Seek::rewind(&mut file)
+                            .with_context(|| format!("reading {}", full.display()))?;
+                        let (h2, n2) = objects.store_replacing(&mut file, &full)?;
+                        tracing::warn!(object = %h2, file = %full.display(), "a stored object did not verify: replaced from the app's file");
+                        stats.stored += 1;
+                        stats.stored_bytes += n2;
+                        (h2, n2)
                     } else {
                         // What was copied is what is recorded, should the file change meanwhile.
                         std::io::Seek::rewind(&mut file)
@@ -629,6 +640,25 @@ pub(crate) mod tests {
         assert!(format!("{err:#}").contains("dist/sub/x.js"), "{err:#}");
         let (hash, _) = hash_reader("root's secret".as_bytes()).unwrap();
         assert!(!objs.has(&hash), "root's file never reached the store");
+    }
+
+    #[test]
+    fn a_rotten_object_is_replaced_when_a_snapshot_reads_the_same_bytes_again() {
+        let (root, app, objs) = setup();
+        let ex = Excludes::default();
+        let idx1 = root.path().join("idx1");
+        capture(&app, &ex, &objs, &Cache::new(), &idx1).unwrap();
+        let (hash, _) = hash_reader("v1".as_bytes()).unwrap();
+        // One flipped bit, same size: the cheap size check cannot see it.
+        fs::write(objs.path(&hash), "w1").unwrap();
+        assert!(objs.check(&hash, 2).is_err());
+        // A reinstall writes the same bytes anew (new stat), so the next snapshot reads them.
+        fs::remove_file(app.join("dist/index.js")).unwrap();
+        fs::write(app.join("dist/index.js"), "v1").unwrap();
+        let cache = cache_from(&read_index(&idx1).unwrap());
+        let (_, _, s) = capture(&app, &ex, &objs, &cache, &root.path().join("idx2")).unwrap();
+        assert_eq!(s.stored, 1, "the bad copy was stored again");
+        objs.check(&hash, 2).unwrap();
     }
 
     #[test]
