@@ -47,8 +47,29 @@ pub async fn run(printer: &mut Printer, config: Option<&Path>, args: &InitArgs) 
         .map_err(|e| usage(format!("{e:#}")))?
         .ok_or_else(|| usage("guard init needs node on PATH to read the ecosystem file"))?;
     let app = pick(&apps, args.app.as_deref(), &eco)?;
+    let (config, guessed) = guess(app, &eco, &out).await;
+    write_new(&out, &config.toml(&eco))?;
+    for g in &guessed {
+        printer.line(format!("guessed  {g}"));
+    }
+    printer.set_data(&InitData {
+        config: out.clone(),
+        guessed,
+    });
+    Ok(Done::new(
+        Happened::Done,
+        format!(
+            "wrote {}: check what it guessed, then run `guard --config {} check`",
+            out.display(),
+            out.display()
+        ),
+    ))
+}
+
+/// What to write for `app`, and each guess in a line for a person to check.
+async fn guess(app: &Declared, eco: &Path, out: &Path) -> (Guessed, Vec<String>) {
     let name = app.name.clone().unwrap_or_default();
-    let app_dir = app.cwd_path(&eco);
+    let app_dir = app.cwd_path(eco);
     let mut guessed = vec![format!("app {name:?} from {}", eco.display())];
     guessed.push(format!(
         "app.dir {} (the ecosystem's cwd)",
@@ -79,7 +100,7 @@ pub async fn run(printer: &mut Printer, config: Option<&Path>, args: &InitArgs) 
         None => format!("health.url {url} (no PORT found: CHECK the port and path)"),
     });
     let builds = app
-        .script_path(&eco)
+        .script_path(eco)
         .is_some_and(|s| s.starts_with(app_dir.join("dist")));
     let is_git = app_dir.join(".git").exists() || crate::git::Git::open(&app_dir).await.is_some();
     let deploy = match (is_git, builds) {
@@ -129,22 +150,7 @@ pub async fn run(printer: &mut Printer, config: Option<&Path>, args: &InitArgs) 
         url,
         sentry_flag,
     };
-    write_new(&out, &config.toml(&eco))?;
-    for g in &guessed {
-        printer.line(format!("guessed  {g}"));
-    }
-    printer.set_data(&InitData {
-        config: out.clone(),
-        guessed,
-    });
-    Ok(Done::new(
-        Happened::Done,
-        format!(
-            "wrote {}: check what it guessed, then run `guard --config {} check`",
-            out.display(),
-            out.display()
-        ),
-    ))
+    (config, guessed)
 }
 
 fn pick<'a>(apps: &'a [Declared], wanted: Option<&str>, eco: &Path) -> Result<&'a Declared> {
