@@ -76,7 +76,7 @@ async fn guess(app: &Declared, eco: &Path, out: &Path) -> (Guessed, Vec<String>)
         app_dir.display()
     ));
 
-    let env_files = env_files_loaded(&eco, &app_dir);
+    let env_files = env_files_loaded(eco, &app_dir);
     let mut files: Vec<String> = env_files.clone();
     if app_dir.join("package.json").is_file() {
         files.push("package.json".into());
