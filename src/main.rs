@@ -22,6 +22,7 @@ mod origin;
 mod output;
 mod pm2;
 mod pm2log;
+mod pm2rpc;
 mod probe;
 mod proxy;
 mod redact;

@@ -187,8 +187,12 @@ pub fn parse_jlist(stdout: &str) -> Result<Vec<Instance>> {
         .find(|l| l.trim_start().starts_with('['))
         .context("no JSON list in the output")?;
     let raw: Vec<RawProc> = serde_json::from_str(json).context("unexpected JSON from pm2 jlist")?;
-    Ok(raw
-        .into_iter()
+    Ok(instances_of(raw))
+}
+
+/// Guard's view of PM2's process list (its env values dropped on the way in).
+fn instances_of(raw: Vec<RawProc>) -> Vec<Instance> {
+    raw.into_iter()
         .map(|p| Instance {
             running: running_of(&p.pm2_env),
             name: p.name,
@@ -205,8 +209,11 @@ pub fn parse_jlist(stdout: &str) -> Result<Vec<Instance>> {
             exec_mode: p.pm2_env.exec_mode,
             created_at_ms: p.pm2_env.created_at,
         })
-        .collect())
+        .collect()
 }
+
+/// How long the daemon may take to answer over its socket before guard asks the CLI.
+const RPC_LIMIT: Duration = Duration::from_secs(5);
 
 /// A handle on one PM2 daemon (one PM2_HOME) and one app.
 #[derive(Debug, Clone)]
@@ -288,8 +295,15 @@ impl Pm2 {
         .await
     }
 
-    /// Every process PM2 knows.
+    /// Every process PM2 knows: asked over the daemon's RPC socket when it is there (no Node
+    /// started), else with `pm2 jlist` (which also starts a daemon that is not running).
     pub async fn jlist(&self) -> Result<Vec<Instance>> {
+        match crate::pm2rpc::monitor_data::<Vec<RawProc>>(&self.home, RPC_LIMIT).await {
+            Ok(raw) => return Ok(instances_of(raw)),
+            Err(e) => {
+                tracing::debug!(error = %format!("{e:#}"), "pm2 jlist instead of the RPC socket")
+            }
+        }
         let out = self.call(&["jlist"]).await?;
         parse_jlist(&out.stdout_text())
             .with_context(|| format!("reading `pm2 jlist` (PM2_HOME={})", self.home.display()))
