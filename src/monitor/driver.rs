@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::Result;
 use tokio::time::Instant;
 
+use super::policy::{LockStep, Policy, Target};
 use super::{Event, Limits, Monitor};
 use crate::alert::{Alert, Heartbeat, Queues, Severity};
 use crate::audit;
@@ -60,13 +61,6 @@ pub struct Summary {
     pub rollbacks: u64,
     /// How long it watched.
     pub watched_ms: u64,
-}
-
-/// The deploy an automatic rollback would undo: its pre-deploy incident and when it ended.
-#[derive(Debug, Clone)]
-struct Target {
-    incident: String,
-    at: jiff::Timestamp,
 }
 
 /// This app's last successful deploy, from the audit log (see [`rollback_target`]).
@@ -206,22 +200,25 @@ impl Watcher<'_> {
             recover_after: w.recover_after,
             max_memory: w.max_memory,
         });
-        let (interval, pm2_every, rollback_within) = (w.interval, w.pm2_every, w.rollback_within);
+        let (interval, pm2_every) = (w.interval, w.pm2_every);
         let backup_dir: PathBuf = self.settings.backup.dir.clone();
         let app = self.settings.app.name.clone();
         let mut summary = Summary::default();
+        let now_ms = || jiff::Timestamp::now().as_millisecond();
 
-        let mut paused = lock::held_by_live_run(&backup_dir, &app);
-        let mut paused_at_ms = jiff::Timestamp::now().as_millisecond();
+        let mut policy = Policy::new(
+            lock::held_by_live_run(&backup_dir, &app),
+            now_ms(),
+            w.rollback_within,
+        );
         let mut watched: Vec<Baseline> = Vec::new();
-        let mut target: Option<Target> = None;
         let mut next_jlist = Instant::now();
-        if !paused {
+        if !policy.paused() {
             let list = instances(&self.pm2).await?;
             self.seen(&list);
             monitor.baseline(&list, t0.elapsed());
             watched = watched_of(&list);
-            target = last_good_deploy(self.settings);
+            policy.set_target(last_good_deploy(self.settings));
             next_jlist = Instant::now() + pm2_every;
         }
         self.last_deploy();
@@ -253,7 +250,7 @@ impl Watcher<'_> {
                 }
                 probe = &mut probe_fut => {
                     let started = Instant::now() - probe.latency;
-                    if !paused {
+                    if !policy.paused() {
                         tracing::debug!(outcome = %probe.outcome, "probe");
                         monitor.on_probe(&probe.outcome, t0.elapsed());
                         self.metrics(|m| {
@@ -269,7 +266,7 @@ impl Watcher<'_> {
                     ));
                 }
                 _ = slow.tick() => {
-                    if !paused {
+                    if !policy.paused() {
                         let now = t0.elapsed();
                         for (id, pid) in monitor.pids().collect::<Vec<_>>() {
                             if let Some(b) = rss_bytes(pid) {
@@ -287,27 +284,25 @@ impl Watcher<'_> {
                     if let Some(n) = notifier.as_mut() {
                         n.alive();
                     }
-                    if lock::held_by_live_run(&backup_dir, &app) {
-                        if !paused {
-                            paused = true;
-                            paused_at_ms = jiff::Timestamp::now().as_millisecond() - 1000;
-                            tracing::info!("a guard run holds the lock of {app}: quiet until it ends");
-                        }
+                    let step = policy.on_lock(lock::held_by_live_run(&backup_dir, &app), now_ms());
+                    if step == LockStep::Pause {
+                        tracing::info!("a guard run holds the lock of {app}: quiet until it ends");
+                    }
+                    if let LockStep::Pause | LockStep::Quiet = step {
                         continue;
                     }
-                    if paused {
+                    if let LockStep::Resume { since_ms } = step {
                         // A deploy or rollback just ended: what runs now is the new normal.
-                        paused = false;
                         if let Some((pm2, prober)) = self.live.as_mut().and_then(|f| f()) {
                             self.pm2 = pm2;
                             self.prober = prober;
                         }
                         let list = instances(&self.pm2).await?;
                         self.seen(&list);
-                        monitor.baseline(&super::as_started(&list, paused_at_ms), t0.elapsed());
+                        monitor.baseline(&super::as_started(&list, since_ms), t0.elapsed());
                         monitor.on_instances(&list, t0.elapsed());
                         watched = watched_of(&list);
-                        target = last_good_deploy(self.settings);
+                        policy.set_target(last_good_deploy(self.settings));
                         self.last_deploy();
                         next_jlist = Instant::now() + pm2_every;
                     } else if let Some(change) = crate::verify::pid_change(watched.iter()) {
@@ -335,38 +330,31 @@ impl Watcher<'_> {
                     monitor.on_tick(t0.elapsed());
                 }
             }
-            let incident = target.as_ref().map(|t| t.incident.clone());
+            let incident = policy.target_incident().map(String::from);
             for ev in monitor.take_events() {
                 let alert = self.alert_of(&ev, incident.as_deref());
                 self.report(&alert, &mut summary);
             }
-            if let (Some(within), Some(t)) = (rollback_within, &target)
-                && monitor.wants_rollback()
+            if let Some((t, age)) =
+                policy.rollback_now(monitor.wants_rollback(), jiff::Timestamp::now())
             {
-                let age = jiff::Timestamp::now().duration_since(t.at);
-                let age = Duration::try_from(age).unwrap_or_default();
-                let t = t.clone();
-                // One attempt per deploy, whatever it comes to.
-                target = None;
-                if age <= within {
-                    self.roll_back(&t, age, &mut summary).await;
-                    // Under `switch` the rollback moved the app to its other process.
-                    if let Some((pm2, prober)) = self.live.as_mut().and_then(|f| f()) {
-                        self.pm2 = pm2;
-                        self.prober = prober;
-                    }
-                    summary.rollbacks += 1;
-                    self.metrics(|m| m.rollbacks += 1);
-                    monitor.rolled_back();
-                    let list = instances(&self.pm2).await?;
-                    self.seen(&list);
-                    monitor.baseline(&list, t0.elapsed());
-                    watched = watched_of(&list);
-                    next_jlist = Instant::now() + pm2_every;
-                    for ev in monitor.take_events() {
-                        let alert = self.alert_of(&ev, None);
-                        self.report(&alert, &mut summary);
-                    }
+                self.roll_back(&t, age, &mut summary).await;
+                // Under `switch` the rollback moved the app to its other process.
+                if let Some((pm2, prober)) = self.live.as_mut().and_then(|f| f()) {
+                    self.pm2 = pm2;
+                    self.prober = prober;
+                }
+                summary.rollbacks += 1;
+                self.metrics(|m| m.rollbacks += 1);
+                monitor.rolled_back();
+                let list = instances(&self.pm2).await?;
+                self.seen(&list);
+                monitor.baseline(&list, t0.elapsed());
+                watched = watched_of(&list);
+                next_jlist = Instant::now() + pm2_every;
+                for ev in monitor.take_events() {
+                    let alert = self.alert_of(&ev, None);
+                    self.report(&alert, &mut summary);
                 }
             }
         }

@@ -13,6 +13,7 @@
 //! one alert, not one per restart, however its restarts are spaced.
 
 pub mod driver;
+pub mod policy;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
