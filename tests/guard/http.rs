@@ -28,18 +28,30 @@ pub fn serve(respond: fn(&mut TcpStream)) -> u16 {
 
 /// A minimal HTTP/1.0 GET on 127.0.0.1, returning status and body.
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s =
-        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    http_get_why(port, path).ok()
+}
+
+/// [`http_get`], saying why there was no answer (refused, reset, timed out, cut short).
+pub fn http_get_why(port: u16, path: &str) -> Result<(u16, String), String> {
+    let t = Instant::now();
+    let why = |what: &str, e: std::io::Error| format!("{what}: {e} after {:?}", t.elapsed());
+    let mut s = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2))
+        .map_err(|e| why("connect", e))?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))
+        .map_err(|e| why("socket", e))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").map_err(|e| why("write", e))?;
     let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
+    s.read_to_string(&mut buf).map_err(|e| why("read", e))?;
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("no status line in {buf:?} after {:?}", t.elapsed()))?;
     let body = buf
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
-    Some((status, body))
+    Ok((status, body))
 }
 
 /// Poll `f` every 50 ms until it is true or `limit` passes.
@@ -196,10 +208,10 @@ impl Poller {
             let (mut total, mut failed) = (0, Vec::new());
             while !s.load(std::sync::atomic::Ordering::SeqCst) {
                 total += 1;
-                match http_get(port, "/health") {
-                    Some((200, _)) => {}
-                    Some((code, body)) => failed.push(format!("HTTP {code} {}", body.trim())),
-                    None => failed.push("no answer".into()),
+                match http_get_why(port, "/health") {
+                    Ok((200, _)) => {}
+                    Ok((code, body)) => failed.push(format!("HTTP {code} {}", body.trim())),
+                    Err(why) => failed.push(format!("no answer ({why})")),
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }

@@ -188,7 +188,9 @@ fn credentials_in_the_health_url_and_secrets_on_the_command_line_are_masked() {
 fn a_run_that_ends_in_an_error_is_audited_with_its_real_exit_code() {
     let app = App::new();
     app.start_v1();
-    // A pm2 that fails every call: the backup's process list cannot be read.
+    // A pm2 that fails every call and no daemon to ask over its socket: the backup's process
+    // list cannot be read.
+    app.pm2(&["kill"]);
     let fake = app.root.path().join("pm2-broken");
     std::fs::write(&fake, "#!/bin/sh\necho 'pm2 is broken' >&2\nexit 1\n").unwrap();
     std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
