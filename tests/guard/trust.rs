@@ -188,9 +188,12 @@ fn credentials_in_the_health_url_and_secrets_on_the_command_line_are_masked() {
 fn a_run_that_ends_in_an_error_is_audited_with_its_real_exit_code() {
     let app = App::new();
     app.start_v1();
-    // A pm2 that fails every call and no daemon to ask over its socket: the backup's process
-    // list cannot be read.
-    app.pm2(&["kill"]);
+    // A PM2 that cannot be asked: its CLI fails every call and its daemon's socket is gone
+    // (the process list is read over it when it is there), so the backup's process list
+    // cannot be read.
+    let sock = app.pm2_home.join("rpc.sock");
+    let aside = app.pm2_home.join("rpc.sock.aside");
+    std::fs::rename(&sock, &aside).unwrap();
     let fake = app.root.path().join("pm2-broken");
     std::fs::write(&fake, "#!/bin/sh\necho 'pm2 is broken' >&2\nexit 1\n").unwrap();
     std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -199,6 +202,8 @@ fn a_run_that_ends_in_an_error_is_audited_with_its_real_exit_code() {
         &format!("bin = \"{}\"", fake.display()),
     );
     let run = app.guard(&["backup"]);
+    // Back, so the daemon can be stopped at the end.
+    std::fs::rename(&aside, &sock).unwrap();
     run.expect(1);
     let audit = std::fs::read_to_string(app.backups.join("audit.log")).unwrap();
     let last: serde_json::Value = serde_json::from_str(audit.lines().last().unwrap()).unwrap();
