@@ -146,7 +146,10 @@ pub fn pid_change<'a>(watched: impl Iterator<Item = &'a Baseline>) -> Option<Cha
                     to: p,
                 });
             }
-            None => {
+            // No pid file while the process lives: PM2 has not written it yet (just after a
+            // start, a cluster's second instance often) or is stopping it; only once the
+            // process is gone too has it stopped.
+            None if !pid_alive(pid as i32) => {
                 return Some(Change::PidGone {
                     instance: w.pm_id,
                     pid,
@@ -193,7 +196,20 @@ mod tests {
             pid_change(w.iter()),
             Some(Change::Replaced { to: 4194000, .. })
         ));
+        // No pid file yet while the process lives: PM2 has not written it (seen right after
+        // starting a cluster of two); not a crash.
         std::fs::remove_file(&file).unwrap();
+        assert_eq!(pid_change(w.iter()), None);
+        // No pid file and the process gone: stopped.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let w = [Baseline {
+            pm_id: 0,
+            pid: Some(dead),
+            pid_path: Some(file.clone()),
+            restarts: 0,
+        }];
         assert!(matches!(pid_change(w.iter()), Some(Change::PidGone { .. })));
     }
 }

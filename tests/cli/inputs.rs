@@ -129,6 +129,10 @@ fn completion_script(app: &App, shell: &str, name: &str) -> (std::path::PathBuf,
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "real-pm2"),
+    ignore = "needs zsh and fish: the full suite (scripts/test.sh installs them)"
+)]
 fn zsh_and_fish_complete_rollback_with_latest_and_the_incident_ids() {
     let app = App::offline();
     std::fs::create_dir_all(app.backups.join("incident-20261202-101010")).unwrap();
