@@ -148,7 +148,7 @@ async function main() {
   console.log(`\n| ${wall.toFixed(0)} s of a healthy app | CPU (% of one core) | peak RSS |`);
   console.log('|---|---|---|');
   console.log(`| guard watch, own | ${((ru.cpu_s / wall) * 100).toFixed(2)}% | ${(ru.max_rss_kb / 1024).toFixed(1)} MB |`);
-  console.log(`| guard watch, its pm2 calls (every 60 s) | ${((ru.children_cpu_s / wall) * 100).toFixed(2)}% | - |`);
+  console.log(`| guard watch, the processes it started (PM2's list every 60 s, over its socket) | ${((ru.children_cpu_s / wall) * 100).toFixed(2)}% | - |`);
   console.log(`| shell loop: \`pm2 jlist\` every 5 s | ${((loopCpu / wall) * 100).toFixed(2)}% | - |`);
   sh(`${pm2} kill >/dev/null 2>&1 || true`);
   receiver.close();
