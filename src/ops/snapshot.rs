@@ -38,6 +38,13 @@ pub async fn take(
         );
     }
     let app_dir = ctx.settings.app.dir.clone();
+    let staged = tree::sweep_left_staging(&app_dir)?;
+    if staged > 0 {
+        tracing::warn!(
+            "removed {staged} staging folder(s) of a restore that was stopped before it finished in {}",
+            app_dir.display()
+        );
+    }
     let cache = ctx.store.newest_tree_cache();
     tracing::debug!(entries = cache.len(), took = ?t.elapsed(), "stat cache loaded");
     let mut draft = ctx.store.begin()?;

@@ -257,15 +257,24 @@ pub(crate) fn is_guard_staging(root: &Path, name: &std::ffi::OsStr) -> bool {
             .is_ok_and(|m| m.is_file() && m.uid() == me)
 }
 
-/// Remove what a killed restore left: guard's own staging folders only.
-pub(crate) fn sweep_staging(root: &Path, beneath: &Root) {
-    let Ok(rd) = fs::read_dir(root) else { return };
+/// Remove what a killed restore left (staged contents, or what it replaced and had not yet
+/// deleted): guard's own staging folders only. Returns how many went.
+pub(crate) fn sweep_staging(root: &Path, beneath: &Root) -> usize {
+    let Ok(rd) = fs::read_dir(root) else { return 0 };
+    let mut swept = 0;
     for e in rd.flatten() {
         let name = e.file_name();
-        if is_guard_staging(root, &name) {
-            let _ = crate::beneath::remove_at(beneath.fd(), &name);
+        if is_guard_staging(root, &name) && crate::beneath::remove_at(beneath.fd(), &name).is_ok() {
+            swept += 1;
         }
     }
+    swept
+}
+
+/// [`sweep_staging`] for a caller without the folder open: every run that snapshots sweeps,
+/// so a restore killed before it deleted an old `node_modules` does not keep its disk.
+pub fn sweep_left_staging(root: &Path) -> Result<usize> {
+    Ok(sweep_staging(root, &Root::open(root)?))
 }
 
 /// A new staging folder in `root`: a random name, created (never found), opened beneath

@@ -284,8 +284,14 @@ impl Trash {
     fn remove(&mut self) {
         if let Some((root, name)) = self.root.take() {
             let t = std::time::Instant::now();
-            let _ = crate::beneath::remove_at(root.fd(), &name);
-            tracing::debug!(took = ?t.elapsed(), "replaced contents deleted");
+            match crate::beneath::remove_at(root.fd(), &name) {
+                Ok(()) => tracing::debug!(took = ?t.elapsed(), "replaced contents deleted"),
+                // Not a failed restore: the next run that snapshots or restores sweeps it.
+                Err(e) => tracing::warn!(
+                    "could not delete guard's staging folder {:?} in the app folder: {e}; the next run removes it",
+                    name
+                ),
+            }
         }
     }
 }

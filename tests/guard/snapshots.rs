@@ -226,3 +226,99 @@ fn an_unchanged_tree_is_not_read_again_and_contents_are_stored_once() {
         b["node_modules/left-pad/index.js"]["h"]
     );
 }
+
+/// Every file under `dir` with its bytes, by relative path: what "the same node_modules" means.
+fn files_under(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    fn walk(
+        root: &std::path::Path,
+        dir: &std::path::Path,
+        out: &mut std::collections::BTreeMap<String, Vec<u8>>,
+    ) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            let t = std::fs::symlink_metadata(&p).unwrap().file_type();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            if t.is_dir() {
+                walk(root, &p, out);
+            } else if t.is_symlink() {
+                out.insert(
+                    rel,
+                    std::fs::read_link(&p)
+                        .unwrap()
+                        .into_os_string()
+                        .into_encoded_bytes(),
+                );
+            } else {
+                out.insert(rel, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+fn staging_left(app: &App) -> Vec<String> {
+    std::fs::read_dir(&app.dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".guard-restore-"))
+        .collect()
+}
+
+#[test]
+fn a_reinstalled_node_modules_that_crashes_is_swapped_back_whole_and_v1_answers() {
+    let app = App::build();
+    app.start_v1();
+    let before = files_under(&app.dir.join("node_modules"));
+    // A reinstall of everything: 300 new files, and left-pad replaced by a version that throws
+    // when the app requires it.
+    let step = "mkdir -p node_modules/bulk && for i in $(seq 1 300); do echo \"v2 $i\" > node_modules/bulk/f$i.js; done \
+                && echo 'throw new Error(\"left-pad 2 cannot load\")' > node_modules/left-pad/index.js";
+    let run = app.guard(&["--json", "deploy", "--", "sh", "-c", step]);
+    run.expect(3);
+    let doc = run.json();
+    let restore = doc["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "restore")
+        .unwrap_or_else(|| panic!("no restore step: {doc}"));
+    assert!(
+        restore["detail"]
+            .as_str()
+            .unwrap()
+            .contains("node_modules/ swapped in whole"),
+        "{restore}"
+    );
+    // Which version answers, and what is on disk: v1 with left-pad 1.0.0, the very files.
+    assert_eq!(serving(&app), v1());
+    assert_eq!(files_under(&app.dir.join("node_modules")), before);
+    // What the restore replaced was deleted once the app was judged.
+    assert_eq!(staging_left(&app), Vec::<String>::new());
+}
+
+#[test]
+fn what_a_killed_restore_left_in_the_app_folder_is_swept_by_the_next_backup_never_stored() {
+    let app = App::build();
+    app.start_v1();
+    // The state a restore killed after its swap leaves: guard's marked staging folder holding
+    // the old node_modules it had not deleted yet.
+    let left = app.dir.join(".guard-restore-4242-00ff00ff00ff00ff");
+    std::fs::create_dir_all(left.join("whole-0/old-pkg")).unwrap();
+    std::fs::write(left.join(".guard-staging"), "").unwrap();
+    std::fs::write(left.join("whole-0/old-pkg/index.js"), "old").unwrap();
+    let run = app.guard(&["backup"]);
+    run.expect(0);
+    assert!(run.stderr.contains("staging folder"), "{}", run.stderr);
+    assert_eq!(staging_left(&app), Vec::<String>::new());
+    let id = app.backup_id();
+    assert!(
+        app.tree_index(&id)
+            .keys()
+            .all(|p| !p.starts_with(".guard-restore-")),
+        "never snapshotted"
+    );
+    assert_eq!(serving(&app), v1());
+}
