@@ -258,7 +258,6 @@ fn kill_9_during_the_deploy_step_stops_the_step_before_the_next_run_goes_on() {
     let app = App::new();
     app.start_v1();
     app.release("v2", "good");
-    let late = app.dir.join("late.txt");
     let bg = app.spawn_guard(&[
         "deploy",
         "--",
@@ -267,38 +266,46 @@ fn kill_9_during_the_deploy_step_stops_the_step_before_the_next_run_goes_on() {
         // As a git command killed half-way leaves it: its index lock.
         "git pull --ff-only && touch .git/index.lock && touch ready && sleep 3 && echo late > late.txt",
     ]);
-    assert!(crate::support::wait_until(LONG, || app
-        .lock_says("child_pgid")
-        && app.dir.join("ready").exists()));
-    bg.signal(libc::SIGKILL);
-    bg.finish(LONG);
-    let run = app.guard(&["rollback", "--incident", "latest"]);
-    run.expect(0);
-    assert!(
-        run.stdout
-            .contains("stopped the dead run's deploy step or hook"),
-        "{}",
-        run.stdout
+    let said = kill_9_when_ready_then_rollback_latest_stops_it(
+        &app,
+        bg,
+        "ready",
+        "late.txt",
+        &["rollback", "--incident", "latest"],
     );
-    std::thread::sleep(Duration::from_secs(4));
-    assert!(
-        !late.exists(),
-        "the orphaned step never wrote after the rollback"
-    );
-    assert_eq!(app.version().as_deref(), Some("v1"));
+    // The killed step's git left its index lock; the next run removed it (app.dir's own .git).
+    assert!(said.contains("index.lock"), "{said}");
+    assert!(!app.dir.join(".git/index.lock").exists());
 
     // The same for a `before_restart` hook (a migration) killed with guard.
     app.write_config(
         "\n[hooks]\nbefore_restart = \"touch hook-ready && sleep 3 && echo late > hook-late.txt\"\n",
     );
-    let hook_late = app.dir.join("hook-late.txt");
     let bg = app.spawn_guard(&["deploy"]);
+    kill_9_when_ready_then_rollback_latest_stops_it(
+        &app,
+        bg,
+        "hook-ready",
+        "hook-late.txt",
+        &["rollback", "latest"],
+    );
+}
+
+/// Once guard recorded its child's process group and the child wrote `ready`, kill -9 guard;
+/// then `guard rollback latest` must stop that child (it never writes `late`) and bring v1 back.
+fn kill_9_when_ready_then_rollback_latest_stops_it(
+    app: &App,
+    bg: crate::support::Bg,
+    ready: &str,
+    late: &str,
+    rollback: &[&str],
+) -> String {
     assert!(crate::support::wait_until(LONG, || app
         .lock_says("child_pgid")
-        && app.dir.join("hook-ready").exists()));
+        && app.dir.join(ready).exists()));
     bg.signal(libc::SIGKILL);
     bg.finish(LONG);
-    let run = app.guard(&["rollback", "latest"]);
+    let run = app.guard(rollback);
     run.expect(0);
     assert!(
         run.stdout
@@ -308,10 +315,11 @@ fn kill_9_during_the_deploy_step_stops_the_step_before_the_next_run_goes_on() {
     );
     std::thread::sleep(Duration::from_secs(4));
     assert!(
-        !hook_late.exists(),
-        "the orphaned hook wrote after the rollback"
+        !app.dir.join(late).exists(),
+        "the orphaned child wrote after the rollback"
     );
     assert_eq!(app.version().as_deref(), Some("v1"));
+    run.stdout.clone()
 }
 
 #[test]
