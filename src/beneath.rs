@@ -10,7 +10,7 @@
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Component, Path};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -68,6 +68,16 @@ impl Root {
             return Ok(rustix::io::dup(self.fd())?);
         }
         self.open_at(rel, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
+    }
+
+    /// The target of the symlink `rel`, read through its folder opened beneath the root (a
+    /// folder on the way swapped for a link is refused, never followed).
+    pub fn read_link(&self, rel: &Path) -> std::io::Result<std::path::PathBuf> {
+        let (dir, name) = self.parent_of(rel)?;
+        let target = rustix::fs::readlinkat(&dir, name.as_os_str(), Vec::new())?;
+        Ok(std::path::PathBuf::from(std::ffi::OsString::from_vec(
+            target.into_bytes(),
+        )))
     }
 
     /// The folder holding `rel`, opened beneath the root, and `rel`'s last component.
@@ -284,6 +294,14 @@ mod tests {
             );
         }
         assert!(root.open_dir(Path::new("uploads/zz")).is_err());
+        // A link inside the swapped folder is not read either; one in a real folder is.
+        std::os::unix::fs::symlink("/etc/shadow", secret.join("l")).unwrap();
+        assert!(root.read_link(Path::new("uploads/zz/l")).is_err());
+        std::os::unix::fs::symlink("a.txt", app.join("uploads/real/l")).unwrap();
+        assert_eq!(
+            root.read_link(Path::new("uploads/real/l")).unwrap(),
+            Path::new("a.txt")
+        );
     }
 
     #[test]

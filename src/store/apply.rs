@@ -117,7 +117,7 @@ pub fn plan(root: &Path, excludes: &Excludes, snapshot: &[Entry]) -> Result<Plan
                 }
             }
             Node::Link { target } => {
-                let now = fs::read_link(root.join(&e.path)).ok();
+                let now = beneath.read_link(&e.path).ok();
                 if now.as_ref() != Some(target) {
                     plan.remove.push(e.path.clone());
                     plan.write.push(e.clone());

@@ -3,7 +3,6 @@
 //! after a restore).
 
 use std::collections::HashMap;
-use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -28,7 +27,8 @@ pub fn live_entries(root: &Path, excludes: &Excludes, cache: &Cache) -> Result<V
             Node::Dir
         } else if ft.is_symlink() {
             Node::Link {
-                target: fs::read_link(&full)
+                target: beneath
+                    .read_link(&f.path)
                     .with_context(|| format!("reading link {}", full.display()))?,
             }
         } else {
@@ -144,6 +144,7 @@ mod tests {
     use super::super::tree::cache_from;
     use super::super::tree::tests::{setup, snap};
     use super::*;
+    use std::fs;
 
     #[test]
     fn two_trees_differ_by_added_removed_and_changed_files() {

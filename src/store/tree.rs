@@ -362,17 +362,10 @@ fn capture_found(
         let node = if ft.is_dir() {
             Node::Dir
         } else if ft.is_symlink() {
-            let (dir, name) = beneath
-                .parent_of(&f.path)
-                .with_context(|| format!("reading link {}", full.display()))?;
-            let target = rustix::fs::readlinkat(&dir, name.as_os_str(), Vec::new())
-                .with_context(|| format!("reading link {}", full.display()))?;
             Node::Link {
-                target: PathBuf::from(
-                    <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(
-                        target.into_bytes(),
-                    ),
-                ),
+                target: beneath
+                    .read_link(&f.path)
+                    .with_context(|| format!("reading link {}", full.display()))?,
             }
         } else {
             let mut key = StatKey::of(&f.meta);
