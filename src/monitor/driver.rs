@@ -314,7 +314,7 @@ impl Watcher<'_> {
                         for w in watched.iter_mut().filter(|w| w.pm_id == change.instance()) {
                             w.pid = None;
                         }
-                        // PM2's list (a Node start) on the next tick: the crash goes out now.
+                        // PM2's list on the next tick: the crash alert goes out now.
                         next_jlist = next_jlist.min(Instant::now() + TICK);
                     } else if Instant::now() >= next_jlist {
                         let list = instances(&self.pm2).await?;

@@ -82,7 +82,7 @@ pub fn sentry_state(
     )
 }
 
-/// Run every check. `pm2_calls` allows the one `pm2 jlist` the saved-list check needs.
+/// Run every check. `pm2_calls` allows the one read of PM2's list the saved-list check needs.
 pub async fn run(ctx: &Ctx<'_>, tools: &Tools, pm2_calls: bool) -> Inspection {
     let mut found = Inspection::default();
     let settings = &ctx.settings;

@@ -24,7 +24,7 @@ pub struct WatchConfig {
     /// After a successful deploy, roll back on a crash loop or sustained health failure
     /// within this time; off when unset.
     pub rollback_within: Option<Duration>,
-    /// Between consistency reads of PM2's process list (a pm2 CLI call costs a Node start).
+    /// Between consistency reads of PM2's process list (over the daemon's socket; a `pm2 jlist` Node start when that fails).
     pub pm2_every: Duration,
 }
 

@@ -2,8 +2,9 @@
 //! PM2's process list watched at once, with a verdict the moment it is known.
 //!
 //! Crashes are seen through the pid files PM2 keeps in `$PM2_HOME/pids/` (a read and a
-//! `kill(pid, 0)` every 100 ms cost nothing), and confirmed with `pm2 jlist`, which costs a Node
-//! start, only every few seconds and at the end.
+//! `kill(pid, 0)` every 100 ms cost nothing), and confirmed with PM2's process list (over the
+//! daemon's socket, see `pm2rpc`; a `pm2 jlist` Node start when that fails) every few
+//! seconds and at the end.
 
 use std::pin::Pin;
 use std::time::Duration;
